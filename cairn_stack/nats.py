@@ -1,0 +1,44 @@
+"""Run the real nats-server with the repository's nats-server.conf in operator mode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cairn_common.layout import DataLayout
+from cairn_stack.processes import ManagedProcess, binary, http_ok
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_NATS_CONF = REPO_ROOT / "nats-server.conf"
+
+
+def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedProcess:
+    """A nats-server for this data dir. Bootstrap must have written the include file first."""
+    for directory in (layout.nats_dir, layout.nats_store_dir, layout.nats_resolver_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    link = layout.nats_conf
+    if link.is_symlink() or link.exists():
+        if not link.is_symlink() or os.readlink(link) != str(REPO_NATS_CONF):
+            link.unlink()
+    if not link.exists():
+        link.symlink_to(REPO_NATS_CONF)
+    return ManagedProcess(
+        name="nats-server",
+        argv=[binary("nats-server"), "-c", str(link)],
+        log_path=layout.logs_dir / "nats-server.log",
+        env={
+            "CAIRN_NATS_PORT": str(port),
+            "CAIRN_NATS_MONITOR_PORT": str(monitor_port),
+            "CAIRN_NATS_STORE_DIR": str(layout.nats_store_dir),
+            "CAIRN_NATS_RESOLVER_DIR": str(layout.nats_resolver_dir),
+        },
+    )
+
+
+def start_nats(layout: DataLayout, port: int, monitor_port: int, timeout: float = 20) -> ManagedProcess:
+    proc = nats_process(layout, port, monitor_port)
+    proc.start()
+    proc.wait_until(
+        lambda: http_ok(f"http://127.0.0.1:{monitor_port}/healthz"), timeout, "nats-server healthy"
+    )
+    return proc

@@ -1,0 +1,54 @@
+"""Run the real PocketBase with our migrations, and create its superuser."""
+
+from __future__ import annotations
+
+import subprocess
+
+from cairn_common.layout import DataLayout
+from cairn_stack.nats import REPO_ROOT
+from cairn_stack.processes import ManagedProcess, ProcessError, binary, http_ok
+
+MIGRATIONS_DIR = REPO_ROOT / "pb_migrations"
+
+
+def pb_argv(layout: DataLayout, *args: str) -> list[str]:
+    return [
+        binary("pocketbase"), *args,
+        "--dir", str(layout.pb_dir),
+        "--migrationsDir", str(MIGRATIONS_DIR),
+    ]
+
+
+def pocketbase_process(layout: DataLayout, port: int) -> ManagedProcess:
+    return ManagedProcess(
+        name="pocketbase",
+        # --automigrate=false: Admin UI edits must not write migration files into the repo.
+        argv=[*pb_argv(layout, "serve", f"--http=127.0.0.1:{port}"), "--automigrate=false"],
+        log_path=layout.logs_dir / "pocketbase.log",
+    )
+
+
+def start_pocketbase(layout: DataLayout, port: int, timeout: float = 30) -> ManagedProcess:
+    proc = pocketbase_process(layout, port)
+    proc.start()
+    proc.wait_until(
+        lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), timeout, "PocketBase healthy"
+    )
+    return proc
+
+
+def run_pb_command(layout: DataLayout, *args: str, stdin: str | None = None) -> str:
+    """Run a one-shot `pocketbase` subcommand (migrate, superuser) and return its output."""
+    done = subprocess.run(
+        pb_argv(layout, *args), input=stdin, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise ProcessError(
+            f"pocketbase {' '.join(args[:2])} failed ({done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()}"
+        )
+    return done.stdout
+
+
+def upsert_superuser(layout: DataLayout, email: str, password: str) -> None:
+    run_pb_command(layout, "superuser", "upsert", email, password)

@@ -1,0 +1,2 @@
+/// <reference path="../pb_data/types.d.ts" />
+migrate((app) => {}, (app) => {});

@@ -1,0 +1,117 @@
+"""Session fixtures that run the real servers: nats-server (operator mode) and PocketBase.
+
+Both start once per test session on free loopback ports in a temp dir; their log tails are
+attached to the report of any failing test.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cairn_common.layout import DataLayout
+from cairn_stack.nats import start_nats
+from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
+from cairn_stack.processes import ManagedProcess, free_port
+from pb_hooks_bridge.bootstrap import bootstrap
+
+_RUNNING: list[ManagedProcess] = []
+
+
+@dataclass
+class NatsEnv:
+    layout: DataLayout
+    port: int
+    monitor_port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process = start_nats(self.layout, self.port, self.monitor_port)
+        _RUNNING.append(self.process)
+
+
+@dataclass
+class PbEnv:
+    layout: DataLayout
+    port: int
+    admin_email: str
+    admin_password: str
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def admin_token(self) -> str:
+        resp = httpx.post(
+            f"{self.url}/api/collections/_superusers/auth-with-password",
+            json={"identity": self.admin_email, "password": self.admin_password},
+            timeout=10,
+        )
+        resp.raise_for_status()
+        return resp.json()["token"]
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process = start_pocketbase(self.layout, self.port)
+        _RUNNING.append(self.process)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def nats_env(stack_dir: Path) -> Iterator[NatsEnv]:
+    layout = DataLayout(stack_dir)
+    bootstrap(layout)
+    port, monitor = free_port(), free_port()
+    env = NatsEnv(layout, port, monitor, start_nats(layout, port, monitor))
+    _RUNNING.append(env.process)
+    yield env
+    env.process.stop()
+
+
+@pytest.fixture(scope="session")
+def pb_env(stack_dir: Path) -> Iterator[PbEnv]:
+    layout = DataLayout(stack_dir)
+    email, password = "admin@cairn.test", secrets.token_urlsafe(18)
+    upsert_superuser(layout, email, password)  # also applies the migrations
+    port = free_port()
+    env = PbEnv(layout, port, email, password, start_pocketbase(layout, port))
+    _RUNNING.append(env.process)
+    yield env
+    env.process.stop()
+
+
+@pytest.fixture(scope="session")
+def pb_admin(pb_env: PbEnv) -> Iterator[httpx.Client]:
+    """A synchronous REST client authenticated as the superuser."""
+    with httpx.Client(
+        base_url=pb_env.url, headers={"Authorization": pb_env.admin_token()}, timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    if report.failed:
+        for proc in {id(p): p for p in _RUNNING}.values():
+            report.sections.append((f"{proc.name} log (tail)", proc.log_tail(30)))
+    return report
