@@ -35,7 +35,9 @@ def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedPro
     )
 
 
-def start_nats(layout: DataLayout, port: int, monitor_port: int, timeout: float = 20) -> ManagedProcess:
+def start_nats(
+    layout: DataLayout, port: int, monitor_port: int, timeout: float = 20
+) -> ManagedProcess:
     proc = nats_process(layout, port, monitor_port)
     proc.start()
     proc.wait_until(

@@ -51,7 +51,7 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        log = open(self.log_path, "ab")
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             list(self.argv),
@@ -79,7 +79,9 @@ class ManagedProcess:
             if ready():
                 return
             time.sleep(0.05)
-        raise ProcessError(f"{self.name}: {what} not reached in {timeout:.0f} s:\n{self.log_tail()}")
+        raise ProcessError(
+            f"{self.name}: {what} not reached in {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait, then SIGKILL; returns the exit code."""

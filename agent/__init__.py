@@ -1,0 +1,1 @@
+"""agent: the Cairn edge agent (enrolls, answers commands, publishes telemetry)."""

@@ -1,0 +1,105 @@
+"""`make run`: bring the whole local stack up, print how to reach it, stop it on Ctrl-C.
+
+Start order: keys (bootstrap) -> nats-server -> PocketBase (migrations, superuser).
+Stop order is the reverse, each child SIGTERM'd and given time to drain.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from cairn_common.layout import DataLayout
+from cairn_stack import superuser
+from cairn_stack.nats import start_nats
+from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
+from cairn_stack.processes import ManagedProcess, ProcessError, tcp_open
+from cairn_stack.settings import StackSettings
+from pb_hooks_bridge.bootstrap import bootstrap
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class Stack:
+    settings: StackSettings
+    layout: DataLayout
+    children: list[ManagedProcess] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        s = self.settings
+        busy = [f"{name}={port}" for name, port in (
+            ("CAIRN_NATS_PORT", s.nats_port),
+            ("CAIRN_NATS_MONITOR_PORT", s.nats_monitor_port),
+            ("CAIRN_PB_PORT", s.pb_port),
+        ) if tcp_open("127.0.0.1", port)]
+        if busy:
+            raise ProcessError(
+                f"port already in use: {', '.join(busy)}. Is another stack running? "
+                "Stop it, or choose other ports with those variables."
+            )
+        say(f"[1/3] NATS operator keys in {self.layout.secrets_dir}")
+        result = bootstrap(self.layout)
+        say(f"      {'created' if result.changed else 'unchanged'}: operator "
+            f"{result.operator_public[:12]}…, system account {result.system_account[:12]}…")
+        say(f"[2/3] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
+        self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
+        say(f"[3/3] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
+        self.admin = superuser.resolve(s, self.layout)
+        upsert_superuser(self.layout, self.admin.email, self.admin.password)
+        self.children.append(start_pocketbase(self.layout, s.pb_port))
+
+    def banner(self) -> None:
+        s = self.settings
+        say("")
+        say("Cairn is up.")
+        say(f"  Admin UI:   {s.pb_url}/_/")
+        if self.admin.generated_now:
+            say(f"  Login:      {self.admin.email} / {self.admin.password}   "
+                f"(generated now, shown once; kept in {self.layout.superuser_file})")
+        else:
+            say(f"  Login:      {self.admin.email} (password from "
+                f"{'CAIRN_ADMIN_PASSWORD' if s.admin_password else self.layout.superuser_file})")
+        say(f"  NATS:       {s.nats_url}")
+        say(f"  Logs:       {self.layout.logs_dir}/")
+        say("Press Ctrl-C to stop.")
+
+    def wait(self) -> int:
+        """Block until a signal (exit 0) or an unexpected child exit (exit 1)."""
+        while not self.stopping.wait(0.5):
+            for child in self.children:
+                if not child.running:
+                    say(f"{child.name} exited unexpectedly; last log lines:\n{child.log_tail(20)}")
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+def run(settings: StackSettings) -> int:
+    stack = Stack(settings, DataLayout(settings.data_dir))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stack.stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        stack.banner()
+        code = stack.wait()
+    except ProcessError as exc:
+        say(f"error: {exc}")
+        code = 1
+    finally:
+        say("stopping…")
+        stack.stop()
+    say("stopped.")
+    return code

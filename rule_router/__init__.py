@@ -1,0 +1,1 @@
+"""rule_router: evaluates YAML rules from PocketBase against NATS messages."""

@@ -1,0 +1,134 @@
+"""`make run`'s launcher end to end: starts, prints the login, stops cleanly, reruns unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from cairn_stack.processes import free_port, tcp_open
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir), "CAIRN_DEMO": "0"}
+    env.update(
+        CAIRN_NATS_PORT=str(free_port()),
+        CAIRN_NATS_MONITOR_PORT=str(free_port()),
+        CAIRN_PB_PORT=str(free_port()),
+    )
+    env.update(extra)
+    return env
+
+
+def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn_stack"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith("Press Ctrl-C"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError("stack did not come up:\n" + "\n".join(lines))
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _digest(data_dir: Path) -> dict[str, str]:
+    files = [*(data_dir / "secrets").iterdir(), data_dir / "nats" / "operator.conf",
+             data_dir / "superuser.json"]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_stack_starts_prints_login_and_stops(tmp_path):
+    env = _env(tmp_path / "data")
+    proc, lines = _start(env)
+    text = "\n".join(lines)
+    pb_url = f"http://127.0.0.1:{env['CAIRN_PB_PORT']}"
+    assert f"{pb_url}/_/" in text
+    login = next(line for line in lines if "Login:" in line).split()
+    email, password = login[1], login[3]
+    resp = httpx.post(f"{pb_url}/api/collections/_superusers/auth-with-password",
+                      json={"identity": email, "password": password}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    cols = httpx.get(f"{pb_url}/api/collections?perPage=200",
+                     headers={"Authorization": resp.json()["token"]}, timeout=10).json()
+    assert {"tenants", "devices", "commands"} <= {c["name"] for c in cols["items"]}
+    nats_port = int(env["CAIRN_NATS_PORT"])
+    assert tcp_open("127.0.0.1", nats_port)
+
+    out = _stop(proc, signal.SIGINT)
+    assert "stopped." in out
+    assert not tcp_open("127.0.0.1", nats_port)
+    assert not tcp_open("127.0.0.1", int(env["CAIRN_PB_PORT"]))
+
+    before = _digest(tmp_path / "data")
+    proc, lines = _start(env)
+    assert any("unchanged" in line for line in lines), lines
+    assert not any("generated now" in line for line in lines), "password is printed only once"
+    _stop(proc)
+    assert _digest(tmp_path / "data") == before
+
+
+def test_two_stacks_side_by_side(tmp_path):
+    first, _ = _start(_env(tmp_path / "a"))
+    try:
+        second, _lines = _start(_env(tmp_path / "b"))
+        _stop(second)
+    finally:
+        _stop(first)
+
+
+def test_admin_from_environment(tmp_path):
+    env = _env(tmp_path / "data", CAIRN_ADMIN_EMAIL="ops@example.com",
+               CAIRN_ADMIN_PASSWORD="correct-horse-battery")
+    proc, _lines = _start(env)
+    try:
+        resp = httpx.post(
+            f"http://127.0.0.1:{env['CAIRN_PB_PORT']}/api/collections/_superusers/auth-with-password",
+            json={"identity": "ops@example.com", "password": "correct-horse-battery"}, timeout=10)
+        assert resp.status_code == 200
+        assert not (tmp_path / "data" / "superuser.json").exists()
+    finally:
+        _stop(proc)
+
+
+def test_busy_port_is_a_clear_error(tmp_path, pb_env):
+    env = _env(tmp_path / "data", CAIRN_PB_PORT=str(pb_env.port))
+    done = subprocess.run([sys.executable, "-m", "cairn_stack"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"CAIRN_PB_PORT={pb_env.port}" in done.stdout
+
+
+def test_bad_settings_name_the_variable(tmp_path):
+    for key, value, expected in [
+        ("CAIRN_NATS_PORT", "abc", "CAIRN_NATS_PORT='abc' is not a port number"),
+        ("CAIRN_PB_PORT", "70000", "CAIRN_PB_PORT=70000 is outside"),
+        ("CAIRN_DEMO", "maybe", "CAIRN_DEMO='maybe'"),
+        ("CAIRN_ADMIN_EMAIL", "x@y.z", "set both CAIRN_ADMIN_EMAIL and CAIRN_ADMIN_PASSWORD"),
+    ]:
+        done = subprocess.run([sys.executable, "-m", "cairn_stack"],
+                              env=_env(tmp_path / "data", **{key: value}),
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (key, done.stdout, done.stderr)
+        assert expected in done.stderr
+        assert not (tmp_path / "data").exists(), "nothing is written on a settings error"
