@@ -116,6 +116,14 @@ class PocketBase:
     async def delete(self, collection: str, record_id: str) -> None:
         await self._send("DELETE", self._record(collection, record_id))
 
+    async def update_settings(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """Superuser only: PATCH /api/settings."""
+        return await self._send("PATCH", "/api/settings", json=patch)
+
+    async def batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several writes in one transaction (PocketBase's batch API must be enabled)."""
+        return await self._send("POST", "/api/batch", json={"requests": requests})
+
     # -- realtime ---------------------------------------------------------------------
 
     async def realtime(self, topics: list[str]) -> AsyncIterator[RealtimeEvent]:

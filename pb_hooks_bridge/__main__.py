@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from cairn_common import logs
 from cairn_common.layout import DataLayout
+from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge.app import Bridge
 from pb_hooks_bridge.bootstrap import bootstrap
+from pb_hooks_bridge.config import BridgeConfig
+from pb_hooks_bridge.config import load as load_config
 from pb_hooks_bridge.errors import BridgeError
+from pb_hooks_bridge.reconcile import Summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,12 +34,52 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("bootstrap", help="create the operator and system account once (idempotent)")
-    sub.add_parser("run", help="follow PocketBase and keep NATS in step (the service)")
+    run = sub.add_parser("run", help="follow PocketBase and keep NATS in step (the service)")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve Prometheus /metrics on 127.0.0.1:PORT "
+                     "(env CAIRN_BRIDGE_METRICS_PORT; off by default)")
     sub.add_parser("reconcile", help="one reconciliation pass, print a summary, exit")
     creds = sub.add_parser("creds", help="print a service user's .creds")
     creds.add_argument("tenant", help="tenant slug")
     creds.add_argument("name", help="nats_users name")
     return parser
+
+
+async def _run(config: BridgeConfig) -> None:
+    bridge = Bridge(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, bridge.stopping.set)
+    try:
+        await bridge.start()
+        await bridge.run()
+    finally:
+        await bridge.stop()
+
+
+async def _reconcile(config: BridgeConfig) -> Summary:
+    bridge = Bridge(config)
+    try:
+        await bridge.start()
+        return await bridge.reconcile()
+    finally:
+        await bridge.stop()
+
+
+async def _creds(config: BridgeConfig, slug: str, name: str) -> str:
+    async with PocketBase(config.pb_url) as pb:
+        await pb.auth_superuser(config.admin_email, config.admin_password)
+        tenant = await pb.first("tenants", f"slug = {json.dumps(slug)}")
+        if tenant is None:
+            raise BridgeError(f"no tenant with slug {slug!r}")
+        row = await pb.first("nats_users",
+                             f'tenant = "{tenant["id"]}" && name = {json.dumps(name)}')
+        if row is None:
+            raise BridgeError(f"tenant {slug!r} has no nats_users row named {name!r}")
+        if not row.get("creds"):
+            raise BridgeError(f"{slug}/{name} has no credentials yet "
+                              f"({row.get('error') or 'is the bridge running?'})")
+        return row["creds"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"operator {result.operator_public}\nsystem account {result.system_account}\n"
                   f"{state}")
             return 0
-        print(f"cairn-bridge {args.command}: not built yet", file=sys.stderr)
-        return 2
-    except BridgeError as exc:
+        config = load_config(data_dir=args.data_dir,
+                             metrics_port=getattr(args, "metrics_port", None))
+        if args.command == "run":
+            asyncio.run(_run(config))
+            return 0
+        if args.command == "reconcile":
+            summary = asyncio.run(_reconcile(config))
+            print(summary.line())
+            return 0
+        print(asyncio.run(_creds(config, args.tenant, args.name)), end="")
+        return 0
+    except (BridgeError, PocketBaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,30 @@
+"""nats-py authentication from credentials held in memory (no .creds file on disk).
+
+The provider is called at every (re)connect, so renewed credentials are picked up.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import nkeys
+
+CredsProvider = Callable[[], tuple[str, str]]  # -> (user JWT, user seed)
+
+
+def connect_options(provider: CredsProvider) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` that authenticate with `provider()`'s creds."""
+
+    def user_jwt_cb() -> bytes:
+        return provider()[0].encode()
+
+    def signature_cb(nonce: str) -> bytes:
+        kp = nkeys.from_seed(bytearray(provider()[1].encode()))
+        try:
+            return base64.b64encode(kp.sign(nonce.encode()))
+        finally:
+            kp.wipe()
+
+    return {"user_jwt_cb": user_jwt_cb, "signature_cb": signature_cb}

@@ -1,0 +1,163 @@
+"""The bridge service: wiring, start and stop.
+
+Start: bootstrap check -> PocketBase superuser login -> SYS connection to NATS ->
+subscribe to realtime -> reconcile -> follow events. Stop (SIGTERM/SIGINT): stop following,
+finish in-flight handlers (bounded), flush audit rows, close tenant links, drain NATS,
+close PocketBase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from prometheus_client import start_http_server
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge.accounts import AccountStore
+from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.bootstrap import bootstrap, load_operator
+from pb_hooks_bridge.config import BridgeConfig
+from pb_hooks_bridge.events import EventRouter, follow
+from pb_hooks_bridge.identities import Identities
+from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.links import TenantLinks
+from pb_hooks_bridge.pusher import Pusher
+from pb_hooks_bridge.reconcile import Reconciler, Summary
+from pb_hooks_bridge.roles import RoleBook
+from pb_hooks_bridge.tenants import Tenants
+
+log = logging.getLogger(__name__)
+
+PERIODIC_RECONCILE = 600.0  # seconds; also renews service users and prunes revocations
+
+
+class Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.stopping = asyncio.Event()
+        self.reconcile_wanted = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.nc: NATS | None = None
+        self.pb = PocketBase(config.pb_url)
+
+    async def start(self) -> None:
+        cfg = self.config
+        result = bootstrap(cfg.layout)  # idempotent; refuses to replace lost keys
+        operator = load_operator(cfg.layout)
+        await self._login()
+        await self._enable_batch_api()
+        self.nc = await self._connect_sys()
+        self.audit = AuditWriter(self.pb)
+        self.audit.start()
+        self.roles = RoleBook()
+        self.accounts = AccountStore(self.pb)
+        self.pusher = Pusher(self.nc, self.pb, operator, result.system_account,
+                             window=cfg.push_window)
+        self.links = TenantLinks(cfg.nats_url)
+        self.identities = Identities(self.pb, self.pusher, self.roles, self.audit,
+                                     cfg.user_jwt_ttl)
+        self.tenants = Tenants(self.pb, self.accounts, self.pusher, self.identities,
+                               self.links, self.audit, cfg.telemetry_max_age)
+        self.lanes = Lanes(cfg.concurrency)
+        self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
+                                  self.lanes)
+        self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
+                                     self.identities, self.roles, self.router,
+                                     cfg.user_jwt_ttl, cfg.concurrency)
+        if cfg.metrics_port:
+            start_http_server(cfg.metrics_port, addr="127.0.0.1")
+
+    async def reconcile(self) -> Summary:
+        return await self.reconciler.run()
+
+    async def run(self) -> None:
+        """Follow events until stop() is called."""
+        self.tasks = [
+            asyncio.create_task(follow(self.pb, self.router, self.reconcile, self.stopping),
+                                name="follow"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
+        ]
+        await self.stopping.wait()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if hasattr(self, "lanes"):
+            await self.lanes.drain(grace=5.0)
+        if hasattr(self, "audit"):
+            await self.audit.stop()
+        if hasattr(self, "links"):
+            await self.links.close_all()
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+        await self.pb.close()
+
+    async def _reconcile_loop(self) -> None:
+        """Reconcile after a NATS reconnect, and every PERIODIC_RECONCILE seconds."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.reconcile_wanted.wait(), PERIODIC_RECONCILE)
+            except TimeoutError:
+                pass
+            self.reconcile_wanted.clear()
+            try:
+                await self.reconcile()
+            except Exception as exc:  # keep the loop alive; the next trigger retries
+                log.warning("reconciliation failed", extra={"error": str(exc)})
+
+    async def _login(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(PocketBaseError), stop=stop_after_delay(60),
+            wait=wait_exponential(multiplier=0.2, max=5), reraise=True,
+        ):
+            with attempt:
+                try:
+                    await self.pb.auth_superuser(self.config.admin_email,
+                                                 self.config.admin_password)
+                except PocketBaseError as exc:
+                    if exc.status in (400, 401, 403):
+                        raise SystemExit(
+                            f"PocketBase refused the superuser login for "
+                            f"{self.config.admin_email}: {exc}") from exc
+                    raise
+
+    async def _enable_batch_api(self) -> None:
+        """Audit rows go out in batches; PocketBase ships with the batch API off."""
+        try:
+            await self.pb.update_settings(
+                {"batch": {"enabled": True, "maxRequests": 200, "timeout": 10}})
+        except PocketBaseError as exc:
+            log.warning("could not enable the batch API", extra={"error": str(exc)})
+
+    async def _connect_sys(self) -> NATS:
+        async def on_reconnect() -> None:
+            log.info("NATS reconnected; reconciling")
+            self.reconcile_wanted.set()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS error", extra={"error": str(exc)})
+
+        async def on_disconnect() -> None:
+            log.warning("NATS disconnected")
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((OSError, nats.errors.Error)),
+            stop=stop_after_delay(60), wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+        ):
+            with attempt:
+                return await nats.connect(
+                    self.config.nats_url, name="cairn-bridge/sys",
+                    user_credentials=str(self.config.layout.sys_user_creds),
+                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, ping_interval=5,
+                    connect_timeout=5, reconnected_cb=on_reconnect, error_cb=on_error,
+                    disconnected_cb=on_disconnect, allow_reconnect=True,
+                )
+        raise AssertionError("unreachable")

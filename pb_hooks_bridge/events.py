@@ -1,0 +1,156 @@
+"""Follow PocketBase realtime events and route each to its handler, in order per record.
+
+After every (re)connect the stream is subscribed first and reconciliation runs next, so
+nothing that changed while the bridge was away is lost; events that arrive during the
+reconciliation queue up and are applied after it (handlers are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent
+from pb_hooks_bridge import metrics
+from pb_hooks_bridge.errors import BridgeError
+from pb_hooks_bridge.identities import Identities
+from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.permissions import RoleError, validate_role
+from pb_hooks_bridge.roles import RoleBook
+from pb_hooks_bridge.tenants import Tenants
+
+log = logging.getLogger(__name__)
+
+TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*"]
+
+
+class EventRouter:
+    def __init__(self, pb: PocketBase, tenants: Tenants, identities: Identities,
+                 roles: RoleBook, lanes: Lanes) -> None:
+        self.pb = pb
+        self.tenants = tenants
+        self.identities = identities
+        self.roles = roles
+        self.lanes = lanes
+
+    def submit(self, event: RealtimeEvent) -> None:
+        record = event.record
+        self.lanes.submit(f"{event.collection}:{record.get('id')}",
+                          lambda: self.handle(event))
+
+    async def handle(self, event: RealtimeEvent) -> None:
+        record, deleted = event.record, event.action == "delete"
+        metrics.EVENTS.labels(event.collection, event.action).inc()
+        if event.collection == "tenants":
+            await self.tenants.sync(record, deleted=deleted)
+        elif event.collection == "devices":
+            await self.device(record, deleted)
+        elif event.collection == "nats_users":
+            await self.service_user(record, deleted)
+        elif event.collection == "nats_roles":
+            await self.role(record, deleted)
+        _observe_lag(record)
+
+    async def device(self, record: dict[str, Any], deleted: bool) -> None:
+        account = await self.tenants.account_for(record.get("tenant", ""))
+        if account is None:
+            return  # its tenant is gone; the tenant's deletion revoked everything
+        await self.identities.sync_device(account, record, deleted=deleted)
+
+    async def service_user(self, record: dict[str, Any], deleted: bool) -> None:
+        account = await self.tenants.account_for(record.get("tenant", ""))
+        if account is None:
+            return
+        await self.identities.sync_service_user(account, record, deleted=deleted)
+        if not deleted:
+            self.tenants.remember_creds(account.tenant_id, record)
+
+    async def role(self, record: dict[str, Any], deleted: bool) -> None:
+        before = self.roles.remove(record["id"])
+        if not deleted:
+            try:
+                validate_role(record)
+            except RoleError as exc:
+                metrics.ROW_ERRORS.labels("nats_roles").inc()
+                if record.get("error") != str(exc):
+                    await self.pb.update("nats_roles", record["id"], {"error": str(exc)})
+                if before is not None:
+                    self.roles.put(before)  # keep issuing with the last good version
+                return
+            if record.get("error"):
+                await self.pb.update("nats_roles", record["id"], {"error": ""})
+            self.roles.put(record)
+        await self.reissue_role(record.get("name", ""), record.get("tenant") or "")
+
+    async def reissue_role(self, name: str, tenant_id: str) -> None:
+        """Re-check every device and service user holding this role (in scope)."""
+        scope = f' && tenant = "{tenant_id}"' if tenant_id else ""
+        role_filter = f'(role = "{name}"' + (' || role = ""' if name == "agent" else "") + ")"
+        devices = await self.pb.list("devices", filter=role_filter + scope)
+        users = await self.pb.list("nats_users", filter=f'role = "{name}"' + scope)
+        for row in devices:
+            self.lanes.submit(f"devices:{row['id']}", lambda r=row: self.device(r, False))
+        for row in users:
+            self.lanes.submit(f"nats_users:{row['id']}",
+                              lambda r=row: self.service_user(r, False))
+
+
+def _observe_lag(record: dict[str, Any]) -> None:
+    updated = record.get("updated")
+    if not updated:
+        return
+    try:
+        stamp = datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return
+    metrics.EVENT_LAG.observe(max(0.0, time.time() - stamp))
+
+
+async def follow(pb: PocketBase, router: EventRouter,
+                 on_connect: Callable[[], Awaitable[object]],
+                 stopping: asyncio.Event) -> None:
+    """Forever: subscribe, reconcile, apply events; reconnect with backoff when cut off."""
+    backoff = 0.2
+    while not stopping.is_set():
+        queue: asyncio.Queue[RealtimeEvent | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read(pb, queue), name="realtime-reader")
+        try:
+            first = await queue.get()
+            if first is None:
+                raise PocketBaseError("realtime stream closed before connect")
+            metrics.CONNECTED.set(1)
+            await on_connect()
+            backoff = 0.2
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                router.submit(event)
+        except PocketBaseError as exc:
+            log.warning("PocketBase link down; will reconnect", extra={"error": str(exc)})
+        except BridgeError as exc:  # e.g. nats-server unreachable during reconciliation
+            log.warning("reconciliation failed; will retry", extra={"error": str(exc)})
+        finally:
+            metrics.CONNECTED.set(0)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 10.0)
+
+
+async def _read(pb: PocketBase, queue: asyncio.Queue[RealtimeEvent | None]) -> None:
+    try:
+        async for event in pb.realtime(TOPICS):
+            queue.put_nowait(event)
+    except PocketBaseError as exc:
+        log.info("realtime stream ended", extra={"error": str(exc)})
+    finally:
+        queue.put_nowait(None)

@@ -1,0 +1,231 @@
+"""Devices and service users -> signed user JWTs; disabled, deleted or replaced keys -> revoked.
+
+Every handler derives what should be from the row it is given and repairs the difference,
+so the same function serves realtime events and reconciliation, and running it twice is
+harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from cairn_common import creds, natsjwt, nkey
+from cairn_common.pocketbase import PocketBase
+from pb_hooks_bridge import metrics
+from pb_hooks_bridge.accounts import Account
+from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.permissions import Permissions, RoleError
+from pb_hooks_bridge.pusher import Pusher
+from pb_hooks_bridge.roles import RoleBook
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEVICE_ROLE = "agent"
+
+
+class Identities:
+    def __init__(self, pb: PocketBase, pusher: Pusher, roles: RoleBook, audit: AuditWriter,
+                 ttl: int) -> None:
+        self.pb = pb
+        self.pusher = pusher
+        self.roles = roles
+        self.audit = audit
+        self.ttl = ttl
+
+    # -- shared steps -----------------------------------------------------------------
+
+    async def revoke(self, account: Account, keys: dict[str, int], kind: str, target: str,
+                     reason: str) -> bool:
+        """Revoke each key's JWTs issued up to the given iat (0: any known one) and push.
+
+        True when anything changed; a key already revoked at or after that iat is skipped.
+        """
+        now = int(time.time())
+        fresh = sorted(k for k, iat in keys.items() if k and nkey.public_kind(k) == "user"
+                       and (k not in account.revocations or account.revocations[k] < iat))
+        if not fresh:
+            return False
+        for key in fresh:
+            account.revocations[key] = now
+        await self.pusher.push(account)
+        for key in fresh:
+            metrics.REVOKED.labels(kind).inc()
+            self.audit.record("user.revoked", account.tenant_id, target,
+                              {"public_key": key, "kind": kind, "reason": reason})
+        log.info("revoked", extra={"tenant": account.slug, "target": target, "keys": fresh,
+                                   "reason": reason})
+        return True
+
+    async def sign(self, account: Account, public_key: str, name: str, perms: Permissions,
+                   ttl: int | None) -> tuple[str, int | None]:
+        """A user JWT whose iat is after any revocation of this key (revoked means iat <= ts)."""
+        revoked_at = account.revocations.get(public_key, 0)
+        wait = revoked_at + 1 - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        iat = int(time.time())
+        expires = iat + ttl if ttl else None
+        claims = natsjwt.user_claims(
+            public_key, name, issuer_account=account.public_key,
+            pub_allow=perms.pub_allow, pub_deny=perms.pub_deny,
+            sub_allow=perms.sub_allow, sub_deny=perms.sub_deny,
+            allow_responses=perms.allow_responses, expires=expires,
+        )
+        claims["iat"] = iat
+        return natsjwt.encode(claims, account.signing), expires
+
+    def current_grant(self, account: Account, token: str) -> dict[str, Any] | None:
+        """Claims of a JWT we issued in this account and that is still valid, else None."""
+        if not token:
+            return None
+        try:
+            claims = natsjwt.decode(token)
+        except natsjwt.JwtError:
+            return None
+        if claims.get("iss") != account.signing_public_key:
+            return None
+        if claims.get("iat", 0) <= account.revocations.get(claims.get("sub", ""), -1):
+            return None
+        return claims
+
+    def needs_new_jwt(self, claims: dict[str, Any] | None, public_key: str,
+                      perms: Permissions) -> str | None:
+        """Why a fresh JWT is needed, or None when the current one is good."""
+        if claims is None:
+            return "no valid JWT"
+        if claims.get("sub") != public_key:
+            return "key changed"
+        exp = claims.get("exp")
+        if exp and exp - time.time() < self.ttl / 2:
+            return "renewal"
+        nats = claims.get("nats", {})
+        wanted = natsjwt.user_claims(
+            public_key, "", pub_allow=perms.pub_allow, pub_deny=perms.pub_deny,
+            sub_allow=perms.sub_allow, sub_deny=perms.sub_deny,
+            allow_responses=perms.allow_responses,
+        )["nats"]
+        for key in ("pub", "sub", "resp"):
+            if nats.get(key) != wanted.get(key):
+                return "permissions changed"
+        return None
+
+    async def set_error(self, collection: str, row: dict[str, Any], message: str,
+                        tenant_id: str) -> None:
+        metrics.ROW_ERRORS.labels(collection).inc()
+        if row.get("error") != message:
+            await self.pb.update(collection, row["id"], {"error": message})
+            self.audit.record("identity.error", tenant_id, f"{collection}/{row['id']}",
+                              {"error": message})
+        log.warning("row skipped", extra={"collection": collection, "id": row["id"],
+                                          "error": message})
+
+    # -- devices ----------------------------------------------------------------------
+
+    async def sync_device(self, account: Account, device: dict[str, Any],
+                          deleted: bool = False) -> str:
+        target = f"devices/{device.get('code') or device['id']}"
+        key = device.get("nats_public_key") or ""
+        grant = self.current_grant(account, device.get("nats_jwt") or "")
+        granted_key = grant.get("sub", "") if grant else ""
+        granted_iat = int(grant.get("iat", 0)) if grant else 0
+        status = device.get("status") or "pending"
+
+        if deleted or status == "disabled" or not account.active:
+            reason = "deleted" if deleted else ("disabled" if status == "disabled"
+                                                else "tenant inactive")
+            changed = await self.revoke(account, _keys(key, granted_key, granted_iat), "device",
+                                        target, reason)
+            if not deleted and device.get("nats_jwt"):
+                await self.pb.update("devices", device["id"],
+                                     {"nats_jwt": "", "nats_jwt_expires": ""})
+            return "revoked" if changed else "unchanged"
+        if not key:
+            return "unchanged"  # pending: the agent has not enrolled yet
+        try:
+            nkey.check_public(key, "user")
+            perms = self.roles.permissions(account.tenant_id,
+                                           device.get("role") or DEFAULT_DEVICE_ROLE,
+                                           device["code"], account.slug)
+        except (nkey.NkeyError, RoleError) as exc:
+            await self.set_error("devices", device, f"nats_public_key/role: {exc}",
+                                 account.tenant_id)
+            return "error"
+        if granted_key and granted_key != key:
+            await self.revoke(account, {granted_key: granted_iat}, "device", target,
+                              "key replaced")
+        why = self.needs_new_jwt(grant, key, perms)
+        if why is None:
+            if status != "active" or device.get("error"):
+                await self.pb.update("devices", device["id"], {"status": "active", "error": ""})
+            return "unchanged"
+        token, expires = await self.sign(account, key, device["code"], perms, self.ttl)
+        await self.pb.update("devices", device["id"], {
+            "nats_jwt": token, "nats_jwt_expires": _pb_date(expires), "status": "active",
+            "error": "",
+        })
+        metrics.ISSUED.labels("device").inc()
+        self.audit.record("user.issued", account.tenant_id, target,
+                          {"public_key": key, "kind": "device", "reason": why,
+                           "expires": expires})
+        return "issued"
+
+    # -- service users ----------------------------------------------------------------
+
+    async def sync_service_user(self, account: Account, row: dict[str, Any],
+                                deleted: bool = False) -> str:
+        target = f"nats_users/{row.get('name') or row['id']}"
+        grant = self.current_grant(account, row.get("jwt") or "")
+        keys = _keys(row.get("public_key") or "", grant.get("sub", "") if grant else "",
+                     int(grant.get("iat", 0)) if grant else 0)
+        if deleted or not row.get("active") or not account.active:
+            reason = "deleted" if deleted else ("inactive" if not row.get("active")
+                                                else "tenant inactive")
+            changed = await self.revoke(account, keys, "service", target, reason)
+            if not deleted and row.get("jwt"):
+                await self.pb.update("nats_users", row["id"], {"jwt": "", "creds": ""})
+            return "revoked" if changed else "unchanged"
+        try:
+            perms = self.roles.permissions(account.tenant_id, row.get("role") or "",
+                                           row["name"], account.slug)
+        except RoleError as exc:
+            await self.set_error("nats_users", row, f"role: {exc}", account.tenant_id)
+            return "error"
+        seed = row.get("seed") or ""
+        try:
+            user = nkey.from_seed(seed, "user") if seed else nkey.create("user")
+        except nkey.NkeyError:
+            user = nkey.create("user")
+        public_key = user.public_key.decode()
+        why = self.needs_new_jwt(grant, public_key, perms)
+        if why is None and row.get("creds"):
+            if row.get("error"):
+                await self.pb.update("nats_users", row["id"], {"error": ""})
+            return "unchanged"
+        token, expires = await self.sign(account, public_key, row["name"], perms, self.ttl)
+        seed_text = user.seed.decode()
+        await self.pb.update("nats_users", row["id"], {
+            "public_key": public_key, "jwt": token, "seed": seed_text,
+            "creds": creds.render(token, seed_text), "error": "",
+        })
+        metrics.ISSUED.labels("service").inc()
+        self.audit.record("user.issued", account.tenant_id, target,
+                          {"public_key": public_key, "kind": "service",
+                           "reason": why or "no creds", "expires": expires})
+        return "issued"
+
+
+def _keys(key: str, granted_key: str, granted_iat: int) -> dict[str, int]:
+    """Keys to revoke with the iat each revocation must cover."""
+    keys = {key: 0} if key else {}
+    if granted_key:
+        keys[granted_key] = max(keys.get(granted_key, 0), granted_iat)
+    return keys
+
+
+def _pb_date(epoch: int | None) -> str:
+    if not epoch:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S.000Z", time.gmtime(epoch))

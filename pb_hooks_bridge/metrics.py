@@ -1,0 +1,20 @@
+"""Prometheus metrics of the bridge, served on loopback by app.py when a port is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ISSUED = Counter("cairn_bridge_identities_issued_total", "User JWTs issued", ["kind"])
+REVOKED = Counter("cairn_bridge_identities_revoked_total", "User keys revoked", ["kind"])
+PUSHES = Counter("cairn_bridge_account_pushes_total", "Account JWTs accepted by nats-server")
+PUSH_FAILURES = Counter("cairn_bridge_account_push_failures_total", "Account pushes that failed")
+PUSH_SECONDS = Histogram("cairn_bridge_account_push_seconds", "Account push round trip")
+REPAIRS = Counter("cairn_bridge_reconcile_repairs_total", "Differences repaired by reconciliation")
+RECONCILES = Counter("cairn_bridge_reconciliations_total", "Reconciliation passes")
+EVENT_LAG = Histogram(
+    "cairn_bridge_event_lag_seconds", "Record updated -> event handled",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENTS = Counter("cairn_bridge_events_total", "Realtime events handled", ["collection", "action"])
+ROW_ERRORS = Counter("cairn_bridge_row_errors_total", "Rows skipped for bad data", ["collection"])
+CONNECTED = Gauge("cairn_bridge_pocketbase_connected", "1 while the realtime stream is up")

@@ -1,0 +1,124 @@
+"""Push account JWTs to nats-server over the system account, one account at a time.
+
+Per account, pushes are serialized under the account's lock and coalesced: whoever holds
+the lock signs the *current* state, so a stale JWT can never follow a newer one (the full
+resolver would accept it and silently undo a revocation, SPEC §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import nats
+import nkeys
+from nats.aio.client import Client as NATS
+
+from cairn_common import natsjwt
+from cairn_common.pocketbase import PocketBase
+from pb_hooks_bridge import metrics
+from pb_hooks_bridge.accounts import MAX_IAT_LEAD, Account
+from pb_hooks_bridge.errors import BridgeError
+
+log = logging.getLogger(__name__)
+
+CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+CLAIMS_DELETE = "$SYS.REQ.CLAIMS.DELETE"
+
+
+class PushError(BridgeError):
+    """The server refused an account JWT or did not answer."""
+
+
+class Pusher:
+    def __init__(self, nc: NATS, pb: PocketBase, operator: nkeys.KeyPair, system_account: str,
+                 window: float = 0.01, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.system_account = system_account
+        self.pb = pb
+        self.operator = operator
+        self.window = window
+        self.timeout = timeout
+
+    async def push(self, account: Account, resend: bool = False) -> bool:
+        """Make the server hold the account's current state; True when a new JWT was signed.
+
+        A caller whose change another caller's push already carried returns at once;
+        `resend` sends even an unchanged JWT (reconciliation: the server may have lost it).
+        """
+        account.wanted += 1
+        generation = account.wanted
+        async with account.lock:
+            if account.pushed >= generation and not resend:
+                return False
+            if self.window:
+                await asyncio.sleep(self.window)  # let concurrent changes pile in
+            lead = account.last_iat + 1 - int(time.time())
+            if lead > MAX_IAT_LEAD:
+                await asyncio.sleep(lead - MAX_IAT_LEAD)
+            target = account.wanted
+            signed = not account.same_content(account.jwt)
+            if signed:
+                token = account.sign(self.operator)
+                # the row first: after a crash, PocketBase holds a JWT at least as new as
+                # the server's, so reconciliation never goes backwards
+                await self.pb.update("nats_accounts", account.row_id, {
+                    "jwt": token, "revocations": account.revocations,
+                })
+            await self.send_update(account.jwt)
+            account.pushed = target
+            return signed
+
+    async def send_update(self, token: str) -> None:
+        started = time.perf_counter()
+        try:
+            reply = await self.nc.request(CLAIMS_UPDATE, token.encode(), timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError) as exc:
+            metrics.PUSH_FAILURES.inc()
+            raise PushError(f"account push got no answer: {exc.__class__.__name__}") from exc
+        self._check(reply.data, "update")
+        metrics.PUSHES.inc()
+        metrics.PUSH_SECONDS.observe(time.perf_counter() - started)
+
+    async def delete(self, account_public_keys: list[str]) -> None:
+        """Remove accounts from the resolver (operator-signed request)."""
+        claims: dict[str, Any] = {
+            "sub": self.operator.public_key.decode(),
+            "nats": {"accounts": account_public_keys, "type": "generic", "version": 2},
+        }
+        token = natsjwt.encode(claims, self.operator)
+        try:
+            reply = await self.nc.request(CLAIMS_DELETE, token.encode(), timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            metrics.PUSH_FAILURES.inc()
+            raise PushError(f"account delete got no answer: {exc.__class__.__name__}") from exc
+        self._check(reply.data, "delete")
+
+    async def lookup(self, account_public_key: str) -> str:
+        """The account JWT the server holds now ('' when none)."""
+        subject = f"$SYS.REQ.ACCOUNT.{account_public_key}.CLAIMS.LOOKUP"
+        try:
+            reply = await self.nc.request(subject, b"", timeout=self.timeout)
+        except nats.errors.TimeoutError:
+            return ""
+        return reply.data.decode()
+
+    async def list_accounts(self) -> list[str]:
+        reply = await self.nc.request("$SYS.REQ.CLAIMS.LIST", b"", timeout=self.timeout)
+        body = json.loads(reply.data)
+        return list(body.get("data") or [])
+
+    @staticmethod
+    def _check(data: bytes, what: str) -> None:
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            metrics.PUSH_FAILURES.inc()
+            raise PushError(f"account {what}: unreadable reply {data[:200]!r}") from exc
+        if "error" in body:
+            metrics.PUSH_FAILURES.inc()
+            raise PushError(f"account {what} refused by nats-server: {body['error']}")

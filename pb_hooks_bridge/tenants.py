@@ -1,0 +1,160 @@
+"""Tenants -> accounts: keys, account JWT pushed, TELEMETRY stream, service users.
+
+A deactivated tenant's account is pushed with zero connections and every user revoked;
+a deleted tenant's account is removed from the resolver.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge.accounts import Account, AccountStore
+from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.identities import Identities
+from pb_hooks_bridge.limits import LimitsError
+from pb_hooks_bridge.links import TenantLinks
+from pb_hooks_bridge.pusher import Pusher
+
+log = logging.getLogger(__name__)
+
+BRIDGE_USER = "cairn-bridge"
+SERVICE_USERS = (BRIDGE_USER, "cairn-router")
+SERVICE_ROLE = "service"
+STREAM = "TELEMETRY"
+STREAM_SUBJECTS = ["agents.*.telemetry.>"]
+
+
+class Tenants:
+    def __init__(self, pb: PocketBase, accounts: AccountStore, pusher: Pusher,
+                 identities: Identities, links: TenantLinks, audit: AuditWriter,
+                 telemetry_max_age: int) -> None:
+        self.pb = pb
+        self.accounts = accounts
+        self.pusher = pusher
+        self.identities = identities
+        self.links = links
+        self.audit = audit
+        self.telemetry_max_age = telemetry_max_age
+
+    async def account_for(self, tenant_id: str) -> Account | None:
+        """The tenant's account, provisioning it first when this bridge has not seen it."""
+        account = self.accounts.get(tenant_id)
+        if account is not None:
+            return account
+        try:
+            tenant = await self.pb.get("tenants", tenant_id)
+        except PocketBaseError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        await self.sync(tenant)
+        return self.accounts.get(tenant_id)
+
+    async def sync(self, tenant: dict[str, Any], deleted: bool = False,
+                   resend: bool = False) -> str:
+        if deleted:
+            return await self._delete(tenant)
+        try:
+            account = await self.accounts.ensure(tenant)
+        except LimitsError as exc:
+            await self.identities.set_error("tenants", tenant, str(exc), tenant["id"])
+            return "error"
+        pushed = await self.pusher.push(account, resend=resend)
+        if pushed:
+            self.audit.record("account.pushed", tenant["id"], f"tenants/{tenant['slug']}",
+                              {"public_key": account.public_key, "active": account.active})
+        if account.active:
+            await self.ensure_service_users(account)
+            await self.ensure_stream(account)
+        else:
+            await self.links.close(tenant["id"])
+        # written last: a tenant showing its account key is fully provisioned
+        patch: dict[str, Any] = {}
+        if tenant.get("nats_account_public_key") != account.public_key:
+            patch["nats_account_public_key"] = account.public_key
+        if tenant.get("error"):
+            patch["error"] = ""
+        if patch:
+            await self.pb.update("tenants", tenant["id"], patch)
+        return "pushed" if pushed else "unchanged"
+
+    async def _delete(self, tenant: dict[str, Any]) -> str:
+        account = self.accounts.forget(tenant["id"])
+        await self.links.close(tenant["id"])
+        public_key = tenant.get("nats_account_public_key") or (
+            account.public_key if account else "")
+        if not public_key:
+            return "unchanged"
+        if account is not None:  # drop live connections before the JWT disappears
+            account.active = False
+            await self.pusher.push(account)
+        await self.pusher.delete([public_key])
+        self.audit.record("account.deleted", None, f"tenants/{tenant.get('slug')}",
+                          {"public_key": public_key, "tenant_id": tenant["id"]})
+        return "deleted"
+
+    async def ensure_service_users(self, account: Account) -> None:
+        rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')
+        by_name = {row["name"]: row for row in rows}
+        for name in SERVICE_USERS:
+            row = by_name.get(name)
+            if row is None:
+                try:
+                    row = await self.pb.create("nats_users", {
+                        "tenant": account.tenant_id, "name": name, "role": SERVICE_ROLE,
+                        "active": True,
+                    })
+                except PocketBaseError as exc:  # created concurrently (unique tenant+name)
+                    if exc.status != 400:
+                        raise
+                    row = await self.pb.first(
+                        "nats_users", f'tenant = "{account.tenant_id}" && name = "{name}"')
+                    if row is None:
+                        raise
+            if await self.identities.sync_service_user(account, row) == "issued":
+                row = await self.pb.get("nats_users", row["id"])
+            self.remember_creds(account.tenant_id, row)
+
+    def remember_creds(self, tenant_id: str, row: dict[str, Any]) -> None:
+        if row.get("name") == BRIDGE_USER and row.get("jwt") and row.get("seed"):
+            self.links.set_creds(tenant_id, row["jwt"], row["seed"])
+
+    async def ensure_stream(self, account: Account) -> None:
+        """Create or update TELEMETRY. JetStream for a just-pushed account comes up a moment
+        after the push, so "no responders" is retried briefly."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((ServiceUnavailableError, NoRespondersError)),
+            stop=stop_after_delay(10), wait=wait_exponential(multiplier=0.05, max=1),
+            reraise=True,
+        ):
+            with attempt:
+                await self._ensure_stream(account)
+
+    async def _ensure_stream(self, account: Account) -> None:
+        nc = await self.links.get(account.tenant_id, account.slug)
+        js = nc.jetstream(timeout=5)
+        config = StreamConfig(
+            name=STREAM, subjects=STREAM_SUBJECTS, storage=StorageType.FILE,
+            # no max_bytes: nats-server would reserve it against the server's store; the
+            # age limit and the tenant's own jetstream_storage limit bound the stream
+            max_age=float(self.telemetry_max_age), discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+        )
+        try:
+            info = await js.stream_info(STREAM)
+        except NotFoundError:
+            await js.add_stream(config)
+            self.audit.record("stream.created", account.tenant_id, f"streams/{STREAM}",
+                              {"max_age": self.telemetry_max_age})
+            return
+        current = info.config
+        if current.subjects != STREAM_SUBJECTS or int(current.max_age or 0) != int(
+                self.telemetry_max_age):
+            await js.update_stream(config)

@@ -1,0 +1,152 @@
+"""A real bridge (in this test process, on the session's event loop) against the session's
+real PocketBase and nats-server, plus async helpers to drive it like a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from cairn_common import nkey
+from cairn_common.natsauth import connect_options
+from cairn_common.pocketbase import PocketBase
+from pb_hooks_bridge.app import Bridge
+from pb_hooks_bridge.config import BridgeConfig
+
+DEVICE_PASSWORD = "enroll-secret-123"
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0,
+                     what: str = "condition") -> Any:
+    """Poll an async check until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
+
+
+@dataclass
+class BridgeHandle:
+    config: BridgeConfig
+    bridge: Bridge | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Bridge:
+        self.bridge = Bridge(self.config)
+        await self.bridge.start()
+        self.task = asyncio.create_task(self.bridge.run())
+        await eventually(self._connected, 10, "bridge reconciled and following")
+        return self.bridge
+
+    async def _connected(self) -> bool:
+        from pb_hooks_bridge import metrics
+        return bool(metrics.CONNECTED._value.get()) and not self.bridge.reconciler.lock.locked()
+
+    async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.bridge, self.task = None, None
+
+
+@pytest.fixture(scope="session")
+async def bridge(nats_env, pb_env) -> AsyncIterator[BridgeHandle]:
+    config = BridgeConfig(
+        data_dir=nats_env.layout.root, pb_url=pb_env.url, nats_url=nats_env.url,
+        admin_email=pb_env.admin_email, admin_password=pb_env.admin_password,
+        user_jwt_ttl=3600,
+    )
+    handle = BridgeHandle(config)
+    await handle.start()
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture(scope="session")
+async def admin(pb_env) -> AsyncIterator[PocketBase]:
+    pb = PocketBase(pb_env.url)
+    await pb.auth_superuser(pb_env.admin_email, pb_env.admin_password)
+    yield pb
+    await pb.close()
+
+
+async def new_tenant(admin: PocketBase, **extra: Any) -> dict[str, Any]:
+    slug = uid("t")
+    return await admin.create("tenants", {"name": slug, "slug": slug, "active": True, **extra})
+
+
+async def new_device(admin: PocketBase, tenant: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    code = uid("d")
+    return await admin.create("devices", {
+        "tenant": tenant["id"], "code": code, "name": code, "password": DEVICE_PASSWORD,
+        "passwordConfirm": DEVICE_PASSWORD, **extra,
+    })
+
+
+async def account_ready(admin: PocketBase, tenant: dict[str, Any]) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        row = await admin.get("tenants", tenant["id"])
+        return row if row.get("nats_account_public_key") else None
+    return await eventually(check, 10, f"account for {tenant['slug']}")
+
+
+@dataclass
+class Enrolled:
+    device: dict[str, Any]
+    user: Any  # nkeys.KeyPair
+    jwt: str
+
+    @property
+    def seed(self) -> str:
+        return self.user.seed.decode()
+
+
+async def enroll(pb_url: str, admin: PocketBase, device: dict[str, Any],
+                 user: Any = None) -> Enrolled:
+    """What the agent does: its own key, written to its own record, then wait for the JWT."""
+    user = user or nkey.create("user")
+    public = user.public_key.decode()
+    async with PocketBase(pb_url) as as_device:
+        await as_device.auth_with_password("devices", device["code"], DEVICE_PASSWORD)
+        await as_device.update("devices", device["id"], {"nats_public_key": public})
+
+    async def issued() -> dict[str, Any] | None:
+        row = await admin.get("devices", device["id"])
+        if row.get("nats_jwt") and row.get("status") == "active":
+            from cairn_common import natsjwt
+            if natsjwt.decode(row["nats_jwt"])["sub"] == public:
+                return row
+        return None
+
+    row = await eventually(issued, 10, f"JWT for {device['code']}")
+    return Enrolled(row, user, row["nats_jwt"])
+
+
+async def connect(url: str, jwt: str, seed: str, errors: list[Exception] | None = None,
+                  **kwargs: Any) -> NATS:
+    """A client authenticated with these creds; errors (e.g. authorization) are collected."""
+    sink = errors if errors is not None else []
+
+    async def on_error(exc: Exception) -> None:
+        sink.append(exc)
+
+    return await nats.connect(
+        url, allow_reconnect=False, connect_timeout=5, error_cb=on_error, **kwargs,
+        **connect_options(lambda: (jwt, seed)),
+    )
