@@ -16,6 +16,7 @@ from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import ManagedProcess, ProcessError, tcp_open
 from cairn_stack.settings import StackSettings
+from cairn_stack.sidecars import start_bridge
 from pb_hooks_bridge.bootstrap import bootstrap
 
 
@@ -36,22 +37,25 @@ class Stack:
             ("CAIRN_NATS_PORT", s.nats_port),
             ("CAIRN_NATS_MONITOR_PORT", s.nats_monitor_port),
             ("CAIRN_PB_PORT", s.pb_port),
+            ("CAIRN_BRIDGE_METRICS_PORT", s.bridge_metrics_port),
         ) if tcp_open("127.0.0.1", port)]
         if busy:
             raise ProcessError(
                 f"port already in use: {', '.join(busy)}. Is another stack running? "
                 "Stop it, or choose other ports with those variables."
             )
-        say(f"[1/3] NATS operator keys in {self.layout.secrets_dir}")
+        say(f"[1/4] NATS operator keys in {self.layout.secrets_dir}")
         result = bootstrap(self.layout)
         say(f"      {'created' if result.changed else 'unchanged'}: operator "
             f"{result.operator_public[:12]}…, system account {result.system_account[:12]}…")
-        say(f"[2/3] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
+        say(f"[2/4] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
         self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
-        say(f"[3/3] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
+        say(f"[3/4] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
         self.admin = superuser.resolve(s, self.layout)
         upsert_superuser(self.layout, self.admin.email, self.admin.password)
         self.children.append(start_pocketbase(self.layout, s.pb_port))
+        say(f"[4/4] cairn-bridge (metrics http://127.0.0.1:{s.bridge_metrics_port}/metrics)")
+        self.children.append(start_bridge(s, self.layout, self.admin))
 
     def banner(self) -> None:
         s = self.settings

@@ -12,10 +12,12 @@ MIGRATIONS_DIR = REPO_ROOT / "pb_migrations"
 
 
 def pb_argv(layout: DataLayout, *args: str) -> list[str]:
+    """Flags first: anything after a "--" in args stays positional."""
     return [
-        binary("pocketbase"), *args,
+        binary("pocketbase"),
         "--dir", str(layout.pb_dir),
         "--migrationsDir", str(MIGRATIONS_DIR),
+        *args,
     ]
 
 
@@ -51,4 +53,5 @@ def run_pb_command(layout: DataLayout, *args: str, stdin: str | None = None) -> 
 
 
 def upsert_superuser(layout: DataLayout, email: str, password: str) -> None:
-    run_pb_command(layout, "superuser", "upsert", email, password)
+    # "--": a password may start with "-" and must not be read as a flag
+    run_pb_command(layout, "superuser", "upsert", "--", email, password)

@@ -123,3 +123,12 @@ def http_ok(url: str) -> bool:
         return httpx.get(url, timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def http_get_text(url: str) -> str:
+    """The body of a GET, or '' when the server is not answering (yet)."""
+    try:
+        resp = httpx.get(url, timeout=0.5)
+    except httpx.HTTPError:
+        return ""
+    return resp.text if resp.status_code == 200 else ""

@@ -18,6 +18,7 @@ class StackSettings:
     nats_port: int
     nats_monitor_port: int
     pb_port: int
+    bridge_metrics_port: int
     admin_email: str | None
     admin_password: str | None
     demo: bool
@@ -60,12 +61,14 @@ def load(env: Mapping[str, str] | None = None) -> StackSettings:
         nats_port=_port(env, "CAIRN_NATS_PORT", 4222),
         nats_monitor_port=_port(env, "CAIRN_NATS_MONITOR_PORT", 8222),
         pb_port=_port(env, "CAIRN_PB_PORT", 8090),
+        bridge_metrics_port=_port(env, "CAIRN_BRIDGE_METRICS_PORT", 9091),
         admin_email=email,
         admin_password=password,
         demo=demo_raw in {"1", "true", "yes", ""},
     )
-    ports = [settings.nats_port, settings.nats_monitor_port, settings.pb_port]
+    ports = [settings.nats_port, settings.nats_monitor_port, settings.pb_port,
+             settings.bridge_metrics_port]
     if len(set(ports)) != len(ports):
-        raise SettingsError(f"CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT and CAIRN_PB_PORT "
-                            f"must differ, got {ports}")
+        raise SettingsError("CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT, CAIRN_PB_PORT and "
+                            f"CAIRN_BRIDGE_METRICS_PORT must differ, got {ports}")
     return settings

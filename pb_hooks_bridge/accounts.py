@@ -21,7 +21,10 @@ from pb_hooks_bridge import limits as limits_mod
 log = logging.getLogger(__name__)
 
 ALL_USERS = "*"  # NATS revocation key that revokes every user JWT issued before its time
-MAX_IAT_LEAD = 10  # seconds an account JWT's iat may run ahead of the clock under churn
+# Seconds an account JWT's iat may run ahead of the clock. Every push needs a new, greater
+# iat (seconds), so one push per revocation runs ahead of the clock under churn; past this
+# lead, pushes are paced to one a second (each still carrying every pending change).
+MAX_IAT_LEAD = 600
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Account:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wanted: int = 0  # change generation requested
     pushed: int = 0  # change generation known to be on the server
+    server_checked: bool = False  # last_iat includes the server's copy (PocketBase restores)
 
     @property
     def public_key(self) -> str:

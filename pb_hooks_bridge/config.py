@@ -25,7 +25,7 @@ class BridgeConfig:
     telemetry_max_age: int = 7 * DAY
     metrics_port: int = 0  # 0 = no /metrics endpoint
     push_window: float = 0.01  # seconds to coalesce account changes before a push
-    concurrency: int = 16  # records handled at once (one at a time per record)
+    concurrency: int = 64  # records handled at once (one at a time per record)
 
     @property
     def layout(self) -> DataLayout:

@@ -20,6 +20,7 @@ from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.permissions import Permissions, RoleError
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.roles import RoleBook
+from pb_hooks_bridge.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Identities:
     def __init__(self, pb: PocketBase, pusher: Pusher, roles: RoleBook, audit: AuditWriter,
                  ttl: int) -> None:
         self.pb = pb
+        self.writer = BatchWriter(pb)
         self.pusher = pusher
         self.roles = roles
         self.audit = audit
@@ -116,7 +118,7 @@ class Identities:
                         tenant_id: str) -> None:
         metrics.ROW_ERRORS.labels(collection).inc()
         if row.get("error") != message:
-            await self.pb.update(collection, row["id"], {"error": message})
+            await self.writer.update(collection, row["id"], {"error": message})
             self.audit.record("identity.error", tenant_id, f"{collection}/{row['id']}",
                               {"error": message})
         log.warning("row skipped", extra={"collection": collection, "id": row["id"],
@@ -139,7 +141,7 @@ class Identities:
             changed = await self.revoke(account, _keys(key, granted_key, granted_iat), "device",
                                         target, reason)
             if not deleted and device.get("nats_jwt"):
-                await self.pb.update("devices", device["id"],
+                await self.writer.update("devices", device["id"],
                                      {"nats_jwt": "", "nats_jwt_expires": ""})
             return "revoked" if changed else "unchanged"
         if not key:
@@ -159,10 +161,10 @@ class Identities:
         why = self.needs_new_jwt(grant, key, perms)
         if why is None:
             if status != "active" or device.get("error"):
-                await self.pb.update("devices", device["id"], {"status": "active", "error": ""})
+                await self.writer.update("devices", device["id"], {"status": "active", "error": ""})
             return "unchanged"
         token, expires = await self.sign(account, key, device["code"], perms, self.ttl)
-        await self.pb.update("devices", device["id"], {
+        await self.writer.update("devices", device["id"], {
             "nats_jwt": token, "nats_jwt_expires": _pb_date(expires), "status": "active",
             "error": "",
         })
@@ -185,7 +187,7 @@ class Identities:
                                                 else "tenant inactive")
             changed = await self.revoke(account, keys, "service", target, reason)
             if not deleted and row.get("jwt"):
-                await self.pb.update("nats_users", row["id"], {"jwt": "", "creds": ""})
+                await self.writer.update("nats_users", row["id"], {"jwt": "", "creds": ""})
             return "revoked" if changed else "unchanged"
         try:
             perms = self.roles.permissions(account.tenant_id, row.get("role") or "",
@@ -202,11 +204,11 @@ class Identities:
         why = self.needs_new_jwt(grant, public_key, perms)
         if why is None and row.get("creds"):
             if row.get("error"):
-                await self.pb.update("nats_users", row["id"], {"error": ""})
+                await self.writer.update("nats_users", row["id"], {"error": ""})
             return "unchanged"
         token, expires = await self.sign(account, public_key, row["name"], perms, self.ttl)
         seed_text = user.seed.decode()
-        await self.pb.update("nats_users", row["id"], {
+        await self.writer.update("nats_users", row["id"], {
             "public_key": public_key, "jwt": token, "seed": seed_text,
             "creds": creds.render(token, seed_text), "error": "",
         })

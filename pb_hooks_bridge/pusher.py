@@ -54,6 +54,8 @@ class Pusher:
         async with account.lock:
             if account.pushed >= generation and not resend:
                 return False
+            if not account.server_checked:
+                await self._catch_up_iat(account)
             if self.window:
                 await asyncio.sleep(self.window)  # let concurrent changes pile in
             lead = account.last_iat + 1 - int(time.time())
@@ -71,6 +73,18 @@ class Pusher:
             await self.send_update(account.jwt)
             account.pushed = target
             return signed
+
+    async def _catch_up_iat(self, account: Account) -> None:
+        """Start above the server's copy: after PocketBase is restored from a backup, its
+        stored JWT may be older than the server's, whose iat would make pushes fail."""
+        token = await self.lookup(account.public_key)
+        if token:
+            try:
+                account.last_iat = max(account.last_iat,
+                                       int(natsjwt.decode(token, verify=False).get("iat", 0)))
+            except natsjwt.JwtError:
+                pass
+        account.server_checked = True
 
     async def send_update(self, token: str) -> None:
         started = time.perf_counter()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.errors import NoRespondersError
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -61,6 +61,8 @@ class Tenants:
                    resend: bool = False) -> str:
         if deleted:
             return await self._delete(tenant)
+        known = self.accounts.get(tenant["id"])
+        was_active = known.active if known is not None else True
         try:
             account = await self.accounts.ensure(tenant)
         except LimitsError as exc:
@@ -73,6 +75,9 @@ class Tenants:
         if account.active:
             await self.ensure_service_users(account)
             await self.ensure_stream(account)
+            if not was_active:  # devices handled while it was off lost their JWTs
+                for device in await self.pb.list("devices", filter=f'tenant = "{tenant["id"]}"'):
+                    await self.identities.sync_device(account, device)
         else:
             await self.links.close(tenant["id"])
         # written last: a tenant showing its account key is fully provisioned

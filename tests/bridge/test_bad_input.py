@@ -7,7 +7,13 @@ import pytest
 from cairn_common import nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from tests.bridge.conftest import (
-    DEVICE_PASSWORD, account_ready, enroll, eventually, new_device, new_tenant, uid,
+    DEVICE_PASSWORD,
+    account_ready,
+    enroll,
+    eventually,
+    new_device,
+    new_tenant,
+    uid,
 )
 
 

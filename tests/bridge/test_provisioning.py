@@ -10,7 +10,12 @@ import pytest
 
 from cairn_common import natsjwt
 from tests.bridge.conftest import (
-    account_ready, connect, enroll, eventually, new_device, new_tenant,
+    account_ready,
+    connect,
+    enroll,
+    eventually,
+    new_device,
+    new_tenant,
 )
 
 

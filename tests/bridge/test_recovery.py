@@ -7,7 +7,13 @@ import asyncio
 from cairn_common import natsjwt, nkey
 from cairn_common.pocketbase import PocketBase
 from tests.bridge.conftest import (
-    DEVICE_PASSWORD, account_ready, connect, enroll, eventually, new_device, new_tenant,
+    DEVICE_PASSWORD,
+    account_ready,
+    connect,
+    enroll,
+    eventually,
+    new_device,
+    new_tenant,
 )
 
 

@@ -10,7 +10,12 @@ import pytest
 
 from cairn_common import natsjwt, nkey
 from tests.bridge.conftest import (
-    account_ready, connect, enroll, eventually, new_device, new_tenant,
+    account_ready,
+    connect,
+    enroll,
+    eventually,
+    new_device,
+    new_tenant,
 )
 
 
@@ -47,7 +52,7 @@ async def tenant(bridge, admin):
 async def test_disable_closes_connection_and_old_creds_are_refused(tenant, admin, pb_env,
                                                                   nats_env):
     enrolled = await enroll(pb_env.url, admin, await new_device(admin, tenant))
-    nc, closed = await _live(nats_env, enrolled)
+    _nc, closed = await _live(nats_env, enrolled)
     started = time.perf_counter()
     await admin.update("devices", enrolled.device["id"], {"status": "disabled"})
     await asyncio.wait_for(closed.wait(), 5)
@@ -77,7 +82,7 @@ async def test_reenable_issues_fresh_jwt_that_works(tenant, admin, pb_env, nats_
 
 async def test_delete_closes_connection(tenant, admin, pb_env, nats_env):
     enrolled = await enroll(pb_env.url, admin, await new_device(admin, tenant))
-    nc, closed = await _live(nats_env, enrolled)
+    _nc, closed = await _live(nats_env, enrolled)
     await admin.delete("devices", enrolled.device["id"])
     await asyncio.wait_for(closed.wait(), 5)
     await _refused(nats_env, enrolled.jwt, enrolled.seed)
@@ -87,7 +92,7 @@ async def test_key_rotation_revokes_only_the_old_key(tenant, admin, pb_env, nats
     device = await new_device(admin, tenant)
     other = await enroll(pb_env.url, admin, await new_device(admin, tenant))
     first = await enroll(pb_env.url, admin, device)
-    old_nc, old_closed = await _live(nats_env, first)
+    _old_nc, old_closed = await _live(nats_env, first)
     other_nc, other_closed = await _live(nats_env, other)
     second = await enroll(pb_env.url, admin, device, user=nkey.create("user"))
     await asyncio.wait_for(old_closed.wait(), 5)
@@ -122,7 +127,7 @@ async def test_tenant_deletion_removes_account(bridge, admin, pb_env, nats_env):
     tenant = await account_ready(admin, await new_tenant(admin))
     account_key = tenant["nats_account_public_key"]
     enrolled = await enroll(pb_env.url, admin, await new_device(admin, tenant))
-    nc, closed = await _live(nats_env, enrolled)
+    _nc, closed = await _live(nats_env, enrolled)
     await admin.delete("tenants", tenant["id"])
     await asyncio.wait_for(closed.wait(), 5)
 

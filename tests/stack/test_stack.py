@@ -19,6 +19,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir), "CAIRN_DEMO": "0"}
     env.update(
         CAIRN_NATS_PORT=str(free_port()),
+        CAIRN_BRIDGE_METRICS_PORT=str(free_port()),
         CAIRN_NATS_MONITOR_PORT=str(free_port()),
         CAIRN_PB_PORT=str(free_port()),
     )

@@ -1,0 +1,33 @@
+"""`make bench` / `python -m bench [NAME ...]`: run benchmarks and print their figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from bench import bridge_bulk, bridge_latency
+
+BENCHMARKS = {
+    "bridge_latency": lambda: bridge_latency.report(asyncio.run(bridge_latency.run())),
+    "bridge_bulk": lambda: bridge_bulk.report(asyncio.run(bridge_bulk.run([1000, 10000]))),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run Cairn's benchmarks against real servers they start themselves. "
+        "Record the figures in docs/benchmarks.md.")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
+    args = parser.parse_args()
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in args.names or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        print(BENCHMARKS[name](), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,2 +1,0 @@
-/// <reference path="../pb_data/types.d.ts" />
-migrate((app) => {}, (app) => {});

@@ -1,0 +1,296 @@
+"""pb_migrations/ on a fresh data dir: applied, recorded, complete, reversible, re-appliable.
+
+Uses its own temp DataLayout (not the session PocketBase): `migrate up`, a short-lived
+`serve` to read the collections over REST, then `migrate down` once per migration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cairn_common.layout import DataLayout
+from cairn_stack.pocketbase import (
+    MIGRATIONS_DIR,
+    run_pb_command,
+    start_pocketbase,
+    upsert_superuser,
+)
+from cairn_stack.processes import free_port
+from tests.factories import (
+    create,
+    make_audit,
+    make_command,
+    make_device_record,
+    make_nats_role,
+    make_nats_user,
+    make_rule,
+    make_tenant,
+    make_user_record,
+)
+
+MIGRATIONS = sorted(p.name for p in MIGRATIONS_DIR.glob("*.js"))
+
+COLLECTION_IDS = {
+    "tenants": "cairn_tenants00",
+    "memberships": "cairn_members00",
+    "nats_accounts": "cairn_natsacc00",
+    "nats_roles": "cairn_natsrol00",
+    "devices": "cairn_devices00",
+    "nats_users": "cairn_natsusr00",
+    "commands": "cairn_commands0",
+    "rules": "cairn_rules0000",
+    "audit_log": "cairn_auditlog0",
+}
+
+AUTODATES = {"created": "autodate", "updated": "autodate"}
+EXPECTED_FIELDS: dict[str, dict[str, str]] = {
+    "users": {"name": "text", "email": "email", **AUTODATES},
+    "tenants": {
+        "name": "text", "slug": "text", "active": "bool", "limits": "json",
+        "nats_account_public_key": "text", "error": "text", **AUTODATES,
+    },
+    "memberships": {"user": "relation", "tenant": "relation", "role": "select", **AUTODATES},
+    "nats_accounts": {
+        "tenant": "relation", "public_key": "text", "signing_public_key": "text",
+        "seed": "text", "signing_seed": "text", "jwt": "text", "revocations": "json",
+        **AUTODATES,
+    },
+    "nats_roles": {
+        "name": "text", "tenant": "relation", "publish_allow": "json", "publish_deny": "json",
+        "subscribe_allow": "json", "subscribe_deny": "json", "allow_responses": "bool",
+        "error": "text", **AUTODATES,
+    },
+    "devices": {
+        "email": "email", "password": "password", "code": "text", "tenant": "relation",
+        "name": "text", "role": "text", "status": "select", "nats_public_key": "text",
+        "nats_jwt": "text", "nats_jwt_expires": "date", "hostname": "text", "os": "text",
+        "agent_version": "text", "last_seen": "date", "online": "bool", "config": "json",
+        "error": "text", **AUTODATES,
+    },
+    "nats_users": {
+        "tenant": "relation", "name": "text", "role": "text", "public_key": "text",
+        "jwt": "text", "seed": "text", "creds": "text", "active": "bool", "error": "text",
+        **AUTODATES,
+    },
+    "commands": {
+        "tenant": "relation", "device": "relation", "command": "select", "payload": "json",
+        "status": "select", "response": "json", "error": "text", "requested_by": "text",
+        "expires_at": "date", "sent_at": "date", "completed_at": "date",
+        "duration_ms": "number", **AUTODATES,
+    },
+    "rules": {
+        "tenant": "relation", "name": "text", "enabled": "bool", "yaml": "text",
+        "status": "select", "error": "text", **AUTODATES,
+    },
+    "audit_log": {
+        "tenant": "relation", "actor": "text", "action": "text", "target": "text",
+        "details": "json", **AUTODATES,
+    },
+}
+HIDDEN = {
+    "nats_accounts": {"seed", "signing_seed"},
+    "nats_users": {"seed", "creds"},
+}
+SUPERUSER_ONLY_RULES = {
+    "users": ["createRule"],
+    "tenants": ["createRule", "deleteRule"],
+    "nats_accounts": ["listRule", "viewRule", "createRule", "updateRule", "deleteRule"],
+    "commands": ["updateRule", "deleteRule"],
+    "audit_log": ["createRule", "updateRule", "deleteRule"],
+}
+GLOBAL_ROLES = {"agent", "service", "viewer"}
+
+
+def _db(layout: DataLayout) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{layout.pb_dir / 'data.db'}?mode=ro", uri=True)
+
+
+def applied(layout: DataLayout) -> set[str]:
+    with closing(_db(layout)) as db:
+        return {row[0] for row in db.execute("SELECT file FROM _migrations")}
+
+
+def collection_names(layout: DataLayout) -> set[str]:
+    with closing(_db(layout)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM _collections")}
+
+
+def global_role_names(layout: DataLayout) -> list[str]:
+    with closing(_db(layout)) as db:
+        rows = db.execute("SELECT name FROM nats_roles WHERE tenant = '' ORDER BY name")
+        return [row[0] for row in rows]
+
+
+def users_rules(layout: DataLayout) -> dict[str, str | None]:
+    keys = ("listRule", "viewRule", "createRule", "updateRule", "deleteRule")
+    with closing(_db(layout)) as db:
+        row = db.execute(
+            f"SELECT {', '.join(keys)} FROM _collections WHERE name = 'users'"
+        ).fetchone()
+    return dict(zip(keys, row, strict=True))
+
+
+def users_create_rule(layout: DataLayout) -> str | None:
+    return users_rules(layout)["createRule"]
+
+
+# The stock `users` rules of PocketBase 0.40 (public sign-up included), restored by `down`.
+STOCK_USERS_RULES = {
+    "listRule": "id = @request.auth.id",
+    "viewRule": "id = @request.auth.id",
+    "createRule": "",
+    "updateRule": "id = @request.auth.id",
+    "deleteRule": "id = @request.auth.id",
+}
+
+
+@contextmanager
+def serving(layout: DataLayout) -> Iterator[httpx.Client]:
+    """A real PocketBase on the layout, with a superuser client; stopped afterwards."""
+    upsert_superuser(layout, "mig@cairn.test", "mig-password-123")
+    port = free_port()
+    proc = start_pocketbase(layout, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        token = httpx.post(
+            f"{url}/api/collections/_superusers/auth-with-password",
+            json={"identity": "mig@cairn.test", "password": "mig-password-123"},
+        ).json()["token"]
+        with httpx.Client(base_url=url, headers={"Authorization": token}, timeout=10) as c:
+            yield c
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> DataLayout:
+    return DataLayout(tmp_path)
+
+
+def test_migration_files_are_ours() -> None:
+    assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js"]
+
+
+def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
+    out = run_pb_command(layout, "migrate", "up")
+    for name in MIGRATIONS:
+        assert f"Applied {name}" in out
+    assert set(MIGRATIONS) <= applied(layout)
+
+    with serving(layout) as admin:
+        resp = admin.get("/api/collections", params={"perPage": 200})
+        resp.raise_for_status()
+        collections = {c["name"]: c for c in resp.json()["items"]}
+
+        for name, cid in COLLECTION_IDS.items():
+            assert collections[name]["id"] == cid
+        for name, expected in EXPECTED_FIELDS.items():
+            fields = {f["name"]: f for f in collections[name]["fields"]}
+            got = {n: fields[n]["type"] for n in expected if n in fields}
+            assert got == expected, name
+            for hidden in HIDDEN.get(name, set()):
+                assert fields[hidden]["hidden"] is True, (name, hidden)
+            for field_name in expected:
+                if field_name in {"created", "updated"}:
+                    assert fields[field_name]["onCreate"] is True
+                    assert fields[field_name]["onUpdate"] is (field_name == "updated")
+        for name, rules in SUPERUSER_ONLY_RULES.items():
+            for rule in rules:
+                assert collections[name][rule] is None, (name, rule)
+        for name, coll in collections.items():
+            if name in COLLECTION_IDS:
+                for rule in ("listRule", "viewRule", "createRule", "updateRule", "deleteRule"):
+                    value = coll[rule]
+                    assert value is None or value.startswith("@request.auth.collectionName")\
+                        or value.startswith("(@request.auth.collectionName"), (name, rule)
+
+        devices = collections["devices"]
+        assert devices["type"] == "auth"
+        assert devices["passwordAuth"] == {"enabled": True, "identityFields": ["code"]}
+        assert devices["authRule"] == 'status != "disabled"'
+        email = next(f for f in devices["fields"] if f["name"] == "email")
+        assert email["required"] is False
+        relations = {
+            (c["name"], f["name"]): f
+            for c in collections.values() for f in c["fields"] if f["type"] == "relation"
+        }
+        assert relations[("memberships", "user")]["collectionId"] == "_pb_users_auth_"
+        assert relations[("commands", "device")]["collectionId"] == COLLECTION_IDS["devices"]
+        assert relations[("audit_log", "tenant")]["cascadeDelete"] is False
+        assert relations[("audit_log", "tenant")]["required"] is False
+        assert relations[("devices", "tenant")]["cascadeDelete"] is True
+
+        roles = admin.get(
+            "/api/collections/nats_roles/records", params={"filter": "tenant = ''"}
+        ).json()["items"]
+        by_name = {r["name"]: r for r in roles}
+        assert set(by_name) == GLOBAL_ROLES
+        assert by_name["agent"]["publish_allow"] == ["agents.{code}.>"]
+        assert by_name["agent"]["subscribe_allow"] == ["agents.{code}.cmd.>", "_INBOX.>"]
+        assert by_name["agent"]["allow_responses"] is True
+        assert by_name["service"]["publish_allow"] == [">"]
+        assert by_name["viewer"]["publish_deny"] == ["agents.*.cmd.>"]
+        assert by_name["viewer"]["allow_responses"] is False
+
+
+def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
+    run_pb_command(layout, "migrate", "up")
+    again = run_pb_command(layout, "migrate", "up")
+    assert "Applied" not in again
+    assert "No new migrations" in again
+    assert global_role_names(layout) == sorted(GLOBAL_ROLES)  # seeded exactly once
+    assert users_create_rule(layout) is None
+
+    with serving(layout) as admin:  # rows in every collection must not block the rollback
+        tenant = make_tenant(admin)
+        user, _ = make_user_record(admin, {tenant["id"]: "owner"})
+        device, _ = make_device_record(admin, tenant["id"])
+        make_command(admin, device, requested_by=user["id"])
+        make_rule(admin, tenant["id"])
+        make_audit(admin, tenant["id"])
+        make_nats_user(admin, tenant["id"], seed="SU" + "A" * 56)
+        make_nats_role(admin, tenant["id"])
+        create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
+
+    ours = set(COLLECTION_IDS)
+    # down #1: the seed (tenant-specific roles stay)
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[1]}" in out
+    assert global_role_names(layout) == []
+    with closing(_db(layout)) as db:
+        assert db.execute("SELECT count(*) FROM nats_roles").fetchone()[0] == 1
+    assert ours <= collection_names(layout)
+    assert MIGRATIONS[1] not in applied(layout)
+    # down #2: the collections, and the stock users rules come back
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[0]}" in out
+    assert not ours & collection_names(layout)
+    with closing(_db(layout)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not ours & tables  # the tables are dropped too
+    assert "users" in collection_names(layout)
+    assert users_rules(layout) == STOCK_USERS_RULES
+    assert not set(MIGRATIONS) & applied(layout)
+
+    out = run_pb_command(layout, "migrate", "up")
+    assert all(f"Applied {name}" in out for name in MIGRATIONS)
+    assert ours <= collection_names(layout)
+    assert global_role_names(layout) == sorted(GLOBAL_ROLES)
+    assert users_create_rule(layout) is None
+
+
+def test_seed_is_idempotent_when_history_is_lost(layout: DataLayout) -> None:
+    """Re-running the seed migration (history row gone) does not duplicate global roles."""
+    run_pb_command(layout, "migrate", "up")
+    with closing(sqlite3.connect(layout.pb_dir / "data.db")) as db:
+        db.execute("DELETE FROM _migrations WHERE file = ?", (MIGRATIONS[1],))
+        db.commit()
+    out = run_pb_command(layout, "migrate", "up")
+    assert f"Applied {MIGRATIONS[1]}" in out
+    assert global_role_names(layout) == sorted(GLOBAL_ROLES)
