@@ -24,7 +24,7 @@ class BridgeConfig:
     user_jwt_ttl: int = 7 * DAY
     telemetry_max_age: int = 7 * DAY
     metrics_port: int = 0  # 0 = no /metrics endpoint
-    push_window: float = 0.01  # seconds to coalesce account changes before a push
+    push_window: float = 0.002  # seconds to coalesce account changes before a push
     concurrency: int = 64  # records handled at once (one at a time per record)
 
     @property
