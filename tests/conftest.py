@@ -7,7 +7,7 @@ attached to the report of any failing test.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +15,13 @@ import httpx
 import pytest
 
 from cairn_common.layout import DataLayout
+from cairn_common.pocketbase import PocketBase
 from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import ManagedProcess, free_port
 from pb_hooks_bridge.bootstrap import bootstrap
+from pb_hooks_bridge.config import BridgeConfig
+from tests.live import BridgeHandle
 
 _RUNNING: list[ManagedProcess] = []
 
@@ -106,6 +109,28 @@ def pb_admin(pb_env: PbEnv) -> Iterator[httpx.Client]:
         base_url=pb_env.url, headers={"Authorization": pb_env.admin_token()}, timeout=10
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def bridge(nats_env, pb_env) -> AsyncIterator[BridgeHandle]:
+    """A real bridge in this process, on the session's event loop."""
+    config = BridgeConfig(
+        data_dir=nats_env.layout.root, pb_url=pb_env.url, nats_url=nats_env.url,
+        admin_email=pb_env.admin_email, admin_password=pb_env.admin_password,
+        user_jwt_ttl=3600,
+    )
+    handle = BridgeHandle(config)
+    await handle.start()
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture(scope="session")
+async def admin(pb_env) -> AsyncIterator[PocketBase]:
+    pb = PocketBase(pb_env.url)
+    await pb.auth_superuser(pb_env.admin_email, pb_env.admin_password)
+    yield pb
+    await pb.close()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,7 +6,7 @@ import pytest
 
 from cairn_common import nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
-from tests.bridge.conftest import (
+from tests.live import (
     DEVICE_PASSWORD,
     account_ready,
     enroll,

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from cairn_common import natsjwt
-from tests.bridge.conftest import (
+from tests.live import (
     account_ready,
     connect,
     enroll,

@@ -6,7 +6,7 @@ import asyncio
 
 from cairn_common import natsjwt, nkey
 from cairn_common.pocketbase import PocketBase
-from tests.bridge.conftest import (
+from tests.live import (
     DEVICE_PASSWORD,
     account_ready,
     connect,

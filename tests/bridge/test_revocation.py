@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from cairn_common import natsjwt, nkey
-from tests.bridge.conftest import (
+from tests.live import (
     account_ready,
     connect,
     enroll,

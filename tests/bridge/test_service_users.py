@@ -14,7 +14,7 @@ from cairn_common import creds, natsjwt, nkey
 from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.permissions import Permissions
-from tests.bridge.conftest import account_ready, connect, eventually, new_tenant, uid
+from tests.live import account_ready, connect, eventually, new_tenant, uid
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ async def _with_creds(admin, row_id):
 async def test_metrics_count_what_happened(tenant, admin, pb_env):
     from prometheus_client import generate_latest
 
-    from tests.bridge.conftest import enroll, new_device
+    from tests.live import enroll, new_device
 
     device = await new_device(admin, tenant)
     await enroll(pb_env.url, admin, device)

@@ -1,17 +1,16 @@
-"""A real bridge (in this test process, on the session's event loop) against the session's
-real PocketBase and nats-server, plus async helpers to drive it like a user would."""
+"""Helpers for tests against the live stack: the in-process bridge handle and async
+functions that drive PocketBase and NATS like a user or an agent would."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
-import pytest
 from nats.aio.client import Client as NATS
 
 from cairn_common import nkey
@@ -63,27 +62,6 @@ class BridgeHandle:
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
         self.bridge, self.task = None, None
-
-
-@pytest.fixture(scope="session")
-async def bridge(nats_env, pb_env) -> AsyncIterator[BridgeHandle]:
-    config = BridgeConfig(
-        data_dir=nats_env.layout.root, pb_url=pb_env.url, nats_url=nats_env.url,
-        admin_email=pb_env.admin_email, admin_password=pb_env.admin_password,
-        user_jwt_ttl=3600,
-    )
-    handle = BridgeHandle(config)
-    await handle.start()
-    yield handle
-    await handle.stop()
-
-
-@pytest.fixture(scope="session")
-async def admin(pb_env) -> AsyncIterator[PocketBase]:
-    pb = PocketBase(pb_env.url)
-    await pb.auth_superuser(pb_env.admin_email, pb_env.admin_password)
-    yield pb
-    await pb.close()
 
 
 async def new_tenant(admin: PocketBase, **extra: Any) -> dict[str, Any]:
