@@ -1,17 +1,21 @@
 """`make run`: bring the whole local stack up, print how to reach it, stop it on Ctrl-C.
 
-Start order: keys (bootstrap) -> nats-server -> PocketBase (migrations, superuser).
+Start order: keys (bootstrap) -> nats-server -> PocketBase (migrations, superuser) ->
+cairn-bridge -> (demo) tenant, device, service user, enrolled local agent.
 Stop order is the reverse, each child SIGTERM'd and given time to drain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from dataclasses import dataclass, field
 
+from agent.errors import AgentError
 from cairn_common.layout import DataLayout
-from cairn_stack import superuser
+from cairn_common.pocketbase import PocketBaseError
+from cairn_stack import demo, superuser
 from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import ManagedProcess, ProcessError, tcp_open
@@ -56,6 +60,14 @@ class Stack:
         self.children.append(start_pocketbase(self.layout, s.pb_port))
         say(f"[4/4] cairn-bridge (metrics http://127.0.0.1:{s.bridge_metrics_port}/metrics)")
         self.children.append(start_bridge(s, self.layout, self.admin))
+        self.demo = None
+        if s.demo:
+            say("[demo] tenant 'demo', device 'demo-1', local agent enrolled as demo-1")
+            self.demo = asyncio.run(demo.prepare(s, self.layout, self.admin))
+            agent = demo.agent_process(self.demo, self.layout)
+            agent.start()
+            self.children.append(agent)
+            agent.wait_until(lambda: _pings(s, self.demo), 30, "the demo agent answering ping")
 
     def banner(self) -> None:
         s = self.settings
@@ -70,6 +82,14 @@ class Stack:
                 f"{'CAIRN_ADMIN_PASSWORD' if s.admin_password else self.layout.superuser_file})")
         say(f"  NATS:       {s.nats_url}")
         say(f"  Logs:       {self.layout.logs_dir}/")
+        if self.demo is not None:
+            creds = self.demo.admin_creds
+            say("")
+            say("Demo fleet: tenant 'demo', device 'demo-1' (a local cairn-agent).")
+            say(f"  Ping it:    .venv/bin/cairn-request --server {s.nats_url} --creds {creds} "
+                "agents.demo-1.cmd.ping")
+            say(f"  or, with the nats CLI:  nats --server {s.nats_url} --creds {creds} "
+                "request agents.demo-1.cmd.ping '{}'")
         say("Press Ctrl-C to stop.")
 
     def wait(self) -> int:
@@ -87,6 +107,21 @@ class Stack:
         self.children.clear()
 
 
+def _pings(settings: StackSettings, demo_fleet: demo.Demo) -> bool:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cairn_stack.request", "--server", settings.nats_url,
+         "--creds", str(demo_fleet.admin_creds), "--timeout", "1", "agents.demo-1.cmd.ping"],
+        capture_output=True, text=True, timeout=15)
+    try:
+        return done.returncode == 0 and json.loads(done.stdout).get("status") == "pong"
+    except ValueError:
+        return False
+
+
 def run(settings: StackSettings) -> int:
     stack = Stack(settings, DataLayout(settings.data_dir))
 
@@ -99,7 +134,7 @@ def run(settings: StackSettings) -> int:
         stack.start()
         stack.banner()
         code = stack.wait()
-    except ProcessError as exc:
+    except (ProcessError, TimeoutError, AgentError, PocketBaseError) as exc:
         say(f"error: {exc}")
         code = 1
     finally:

@@ -42,7 +42,13 @@ class NatsEnv:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
         self.process.stop()
+
+    def start(self) -> None:
         self.process = start_nats(self.layout, self.port, self.monitor_port)
         _RUNNING.append(self.process)
 

@@ -117,7 +117,7 @@ async def enroll(pb_url: str, admin: PocketBase, device: dict[str, Any],
 
 
 async def connect(url: str, jwt: str, seed: str, errors: list[Exception] | None = None,
-                  **kwargs: Any) -> NATS:
+                  allow_reconnect: bool = False, **kwargs: Any) -> NATS:
     """A client authenticated with these creds; errors (e.g. authorization) are collected."""
     sink = errors if errors is not None else []
 
@@ -125,6 +125,6 @@ async def connect(url: str, jwt: str, seed: str, errors: list[Exception] | None 
         sink.append(exc)
 
     return await nats.connect(
-        url, allow_reconnect=False, connect_timeout=5, error_cb=on_error, **kwargs,
+        url, allow_reconnect=allow_reconnect, connect_timeout=5, error_cb=on_error, **kwargs,
         **connect_options(lambda: (jwt, seed)),
     )

@@ -1,0 +1,181 @@
+"""The agent service: wiring, background tasks, start and stop.
+
+Start: check creds -> connect (retry forever) -> subscribe to commands -> heartbeat,
+telemetry, inventory, renewal and buffer-flush tasks. Stop (SIGTERM/SIGINT): stop taking
+commands, let in-flight ones finish (bounded), cancel the periodic tasks, flush buffered
+telemetry (bounded), drain the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from agent.collectors import CollectError
+from agent.collectors.inventory import collect_inventory
+from agent.collectors.system import SystemCollector
+from agent.config import AgentConfig
+from agent.context import VERSION, Context
+from agent.credentials import jwt_lifetime, load_or_create_seed, register_key, write_creds
+from agent.dispatcher import Dispatcher, now_rfc3339
+from agent.errors import AgentError, EnrollmentError
+from agent.link import Link
+from agent.services import service_status
+from agent.telemetry import Telemetry, every
+from cairn_common import creds, natsjwt, nkey
+from cairn_common.creds import write_secret
+
+log = logging.getLogger(__name__)
+
+RENEW_CHECK = 600.0  # seconds between JWT expiry checks
+RENEW_AT = 0.3  # renew when less than this fraction of the JWT lifetime is left
+
+
+class AgentApp:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.ctx = Context(config=config)
+        self.dispatcher = Dispatcher(self.ctx)
+        self.link = Link(config, self.ctx.stats, self._on_connect)
+        self.telemetry = Telemetry(self.ctx, self.link)
+        self.collector = SystemCollector(config.exporters)
+        self.ctx.nats_status = self.link.status
+        self.ctx.inventory = self.inventory
+        self.ctx.rotate_creds = self.rotate_creds
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.stopping = asyncio.Event()
+        self._rotation: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._repair_creds()
+        await self.link.start()
+        i = self.config.intervals
+        jobs = [
+            ("heartbeat", i.heartbeat, 0.0, self.telemetry.heartbeat),
+            ("system", i.system, 2.0, self.publish_system),
+            ("inventory", i.inventory, 1.0, self.publish_inventory),
+            ("renewal", RENEW_CHECK, 5.0, self.renew_if_due),
+            ("flush", 5.0, 5.0, self.telemetry.flush),
+        ]
+        if self.config.services.watch:
+            jobs.append(("service", i.service, 3.0, self.publish_services))
+        self.tasks = [asyncio.create_task(every(interval, delay, work, name), name=name)
+                      for name, interval, delay, work in jobs]
+        log.info("agent started", extra={"device": self.config.device.code,
+                                         "version": VERSION})
+
+    async def stop(self) -> None:
+        grace = self.config.commands.timeout + 2
+        await self.dispatcher.drain(grace)
+        for task in [*self.tasks, *([self._rotation] if self._rotation else [])]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.telemetry.flush(), 3)
+        except TimeoutError:
+            log.warning("telemetry left unsent at stop",
+                        extra={"buffered": len(self.telemetry.buffer)})
+        await self.link.stop()
+        log.info("agent stopped")
+
+    async def _on_connect(self, nc: NATS) -> None:
+        await self.dispatcher.subscribe(nc)
+        await nc.flush()
+        await asyncio.sleep(0)
+        await nc.flush()
+
+    # -- telemetry ------------------------------------------------------------------
+
+    async def publish_system(self) -> None:
+        stats = self.ctx.stats
+        try:
+            doc = await self.collector.collect()
+        except CollectError as exc:
+            stats.metrics_failures += 1
+            await self.telemetry.publish("system", {"status": "error", "error": str(exc)})
+            return
+        stats.metrics_count += 1
+        stats.last_metrics = now_rfc3339()
+        await self.telemetry.publish("system", doc)
+
+    async def publish_services(self) -> None:
+        services = [{"name": name, "status": await service_status(name)}
+                    for name in self.config.services.watch]
+        await self.telemetry.publish("service", {"services": services})
+
+    async def inventory(self) -> dict[str, Any]:
+        return await collect_inventory(VERSION)
+
+    async def publish_inventory(self) -> None:
+        await self.telemetry.publish("inventory", await self.inventory())
+
+    # -- credentials ----------------------------------------------------------------
+
+    def _secret(self) -> str:
+        path = self.config.server.secret_file
+        if not path:
+            raise EnrollmentError("server.secret_file is not set: cannot talk to PocketBase")
+        return self.config.path(path).read_text().strip()
+
+    async def _register(self, kp: Any) -> None:
+        issued = await register_key(self.config.server.url, self.config.device.code,
+                                    self._secret(), kp.public_key.decode())
+        write_creds(self.config.path(self.config.nats.creds_file), issued.jwt, kp.seed.decode())
+
+    async def _repair_creds(self) -> None:
+        """After a crash mid-rotation the seed file may be newer than the creds file."""
+        seed_path = self.config.path(self.config.nats.seed_file)
+        creds_path = self.config.path(self.config.nats.creds_file)
+        if not seed_path.exists():
+            return
+        kp = load_or_create_seed(seed_path)
+        try:
+            token, _ = creds.read(creds_path)
+            if natsjwt.decode(token, verify=False).get("sub") == kp.public_key.decode():
+                return
+        except (OSError, creds.CredsError, natsjwt.JwtError):
+            pass
+        log.warning("creds file does not match the seed; registering the key again")
+        await self._register(kp)
+
+    async def renew_if_due(self) -> None:
+        creds_path = self.config.path(self.config.nats.creds_file)
+        iat, exp = jwt_lifetime(creds_path)
+        if not exp or (exp - time.time()) > RENEW_AT * (exp - iat):
+            return
+        log.info("renewing the NATS JWT", extra={"expires": exp})
+        seed_path = self.config.path(self.config.nats.seed_file)
+        await self._register(load_or_create_seed(seed_path))
+
+    async def rotate_creds(self) -> dict[str, Any]:
+        """Answer now; rotate right after, so this reply and in-flight ones are not lost."""
+        if self._rotation is not None and not self._rotation.done():
+            raise AgentError("a rotation is already running")
+        kp = nkey.create("user")
+        self._rotation = asyncio.create_task(self._rotate(kp), name="rotate-creds")
+        return {"new_public_key": kp.public_key.decode(),
+                "message": "rotating: the agent registers the new key and reconnects"}
+
+    async def _rotate(self, kp: Any) -> None:
+        await asyncio.sleep(0.05)  # let the dispatcher send the rotate_creds reply first
+        await self.dispatcher.drain(self.config.commands.timeout + 2)
+        seed_path = self.config.path(self.config.nats.seed_file)
+        old_seed = seed_path.read_text() if seed_path.exists() else ""
+        try:
+            # seed first: after a crash here, start-up repair registers this new key
+            write_secret(seed_path, kp.seed.decode() + "\n")
+            await self._register(kp)
+            log.info("new key registered; reconnecting",
+                     extra={"public_key": kp.public_key.decode()})
+        except (AgentError, OSError) as exc:
+            log.error("rotation failed; keeping the current key", extra={"error": str(exc)})
+            if old_seed:
+                write_secret(seed_path, old_seed)
+            return
+        finally:
+            self.dispatcher.accepting = True
+        await self.link.replace()

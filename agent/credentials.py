@@ -1,0 +1,98 @@
+"""The device's key and JWT: register a public key through PocketBase and wait for the JWT.
+
+Used by enrollment, renewal and rotation. Only the public key ever leaves the machine; the
+seed is written 0600 next to the creds file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys
+
+from agent.collectors.inventory import os_info
+from agent.context import VERSION
+from agent.errors import EnrollmentError
+from cairn_common import creds, natsjwt, nkey
+from cairn_common.pocketbase import PocketBase, PocketBaseError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Issued:
+    jwt: str
+    expires: int | None
+    record: dict[str, Any]
+
+
+def host_facts() -> dict[str, str]:
+    info = os_info()
+    name = " ".join(x for x in (info.get("name"), info.get("version")) if x)
+    return {"hostname": socket.gethostname(), "os": name or platform.platform(),
+            "agent_version": VERSION}
+
+
+def load_or_create_seed(path: Path) -> nkeys.KeyPair:
+    """Re-running enrollment keeps the key; a corrupt seed file is an error, not replaced."""
+    if path.exists():
+        try:
+            return nkey.from_seed(path.read_bytes(), "user")
+        except nkey.NkeyError as exc:
+            raise EnrollmentError(f"{path} is not a user nkey seed ({exc}); move it away to "
+                                  "enroll with a new key") from exc
+    kp = nkey.create("user")
+    creds.write_secret(path, kp.seed.decode() + "\n")
+    return kp
+
+
+async def register_key(server_url: str, code: str, secret: str, public_key: str,
+                       timeout: float = 60.0) -> Issued:
+    """Write our public key (and host facts) to our own device row; wait for the JWT."""
+    async with PocketBase(server_url) as pb:
+        try:
+            record = await pb.auth_with_password("devices", code, secret)
+        except PocketBaseError as exc:
+            if exc.status in (400, 401, 403):
+                raise EnrollmentError(
+                    f"PocketBase at {server_url} refused device {code!r}: wrong code or "
+                    "secret, or the device is disabled") from exc
+            raise EnrollmentError(f"cannot reach PocketBase at {server_url}: {exc}") from exc
+        try:
+            await pb.update("devices", record["id"], {"nats_public_key": public_key,
+                                                      **host_facts()})
+        except PocketBaseError as exc:
+            raise EnrollmentError(f"PocketBase refused our key: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = record
+        while time.monotonic() < deadline:
+            last = await pb.get("devices", record["id"])
+            token = last.get("nats_jwt") or ""
+            if token and last.get("status") == "active":
+                claims = natsjwt.decode(token, verify=False)
+                if claims.get("sub") == public_key:
+                    return Issued(token, claims.get("exp"), last)
+            if last.get("error") and last.get("nats_public_key") == public_key:
+                raise EnrollmentError(f"the control plane refused our key: {last['error']}")
+            await asyncio.sleep(0.2)
+        raise EnrollmentError(
+            f"no NATS credentials within {timeout:.0f} s (device status "
+            f"{last.get('status') or 'pending'!r}): is cairn-bridge running?")
+
+
+def write_creds(path: Path, jwt: str, seed: str) -> None:
+    creds.write(path, jwt, seed)
+
+
+def jwt_lifetime(creds_path: Path) -> tuple[int, int | None]:
+    """(iat, exp) of the JWT in the creds file."""
+    token, _ = creds.read(creds_path)
+    claims = natsjwt.decode(token, verify=False)
+    return int(claims.get("iat", 0)), claims.get("exp")
