@@ -48,7 +48,11 @@ def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
 
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 0, out
     return out
 
@@ -62,20 +66,12 @@ def _digest(data_dir: Path) -> dict[str, str]:
 def test_stack_starts_prints_login_and_stops(tmp_path):
     env = _env(tmp_path / "data")
     proc, lines = _start(env)
-    text = "\n".join(lines)
-    pb_url = f"http://127.0.0.1:{env['CAIRN_PB_PORT']}"
-    assert f"{pb_url}/_/" in text
-    login = next(line for line in lines if "Login:" in line).split()
-    email, password = login[1], login[3]
-    resp = httpx.post(f"{pb_url}/api/collections/_superusers/auth-with-password",
-                      json={"identity": email, "password": password}, timeout=10)
-    assert resp.status_code == 200, resp.text
-    cols = httpx.get(f"{pb_url}/api/collections?perPage=200",
-                     headers={"Authorization": resp.json()["token"]}, timeout=10).json()
-    assert {"tenants", "devices", "commands"} <= {c["name"] for c in cols["items"]}
+    try:
+        _check_running_stack(env, lines)
+    except BaseException:
+        proc.kill()
+        raise
     nats_port = int(env["CAIRN_NATS_PORT"])
-    assert tcp_open("127.0.0.1", nats_port)
-
     out = _stop(proc, signal.SIGINT)
     assert "stopped." in out
     assert not tcp_open("127.0.0.1", nats_port)
@@ -87,6 +83,21 @@ def test_stack_starts_prints_login_and_stops(tmp_path):
     assert not any("generated now" in line for line in lines), "password is printed only once"
     _stop(proc)
     assert _digest(tmp_path / "data") == before
+
+
+def _check_running_stack(env: dict[str, str], lines: list[str]) -> None:
+    text = "\n".join(lines)
+    pb_url = f"http://127.0.0.1:{env['CAIRN_PB_PORT']}"
+    assert f"{pb_url}/_/" in text
+    login = next(line for line in lines if "Login:" in line).split()
+    email, password = login[1], login[3]
+    resp = httpx.post(f"{pb_url}/api/collections/_superusers/auth-with-password",
+                      json={"identity": email, "password": password}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    cols = httpx.get(f"{pb_url}/api/collections?perPage=200",
+                     headers={"Authorization": resp.json()["token"]}, timeout=10).json()
+    assert {"tenants", "devices", "commands"} <= {c["name"] for c in cols["items"]}
+    assert tcp_open("127.0.0.1", int(env["CAIRN_NATS_PORT"]))
 
 
 def test_two_stacks_side_by_side(tmp_path):
@@ -133,3 +144,23 @@ def test_bad_settings_name_the_variable(tmp_path):
         assert done.returncode == 2, (key, done.stdout, done.stderr)
         assert expected in done.stderr
         assert not (tmp_path / "data").exists(), "nothing is written on a settings error"
+
+
+def test_demo_fleet_answers_the_printed_ping_command(tmp_path):
+    env = _env(tmp_path / "data", CAIRN_DEMO="1")
+    proc, lines = _start(env)
+    try:
+        ping_line = next(line for line in lines if "Ping it:" in line)
+        argv = ping_line.split("Ping it:", 1)[1].split()
+        assert argv[0].endswith("cairn-request")
+        done = subprocess.run([sys.executable, "-m", "cairn_stack.request", *argv[1:]],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert '"status": "pong"' in done.stdout
+        creds = tmp_path / "data" / "demo" / "admin.creds"
+        assert creds.stat().st_mode & 0o777 == 0o600
+    except BaseException:
+        proc.kill()
+        raise
+    out = _stop(proc, signal.SIGINT)
+    assert "stopped." in out
