@@ -15,12 +15,20 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from agent import config as config_mod
+from agent import desired
 from agent.collectors import CollectError
 from agent.collectors.inventory import collect_inventory
 from agent.collectors.system import SystemCollector
 from agent.config import AgentConfig
 from agent.context import VERSION, Context
-from agent.credentials import jwt_lifetime, load_or_create_seed, register_key, write_creds
+from agent.credentials import (
+    fetch_own_record,
+    jwt_lifetime,
+    load_or_create_seed,
+    register_key,
+    write_creds,
+)
 from agent.dispatcher import Dispatcher, now_rfc3339
 from agent.errors import AgentError, EnrollmentError
 from agent.link import Link
@@ -33,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RENEW_CHECK = 600.0  # seconds between JWT expiry checks
 RENEW_AT = 0.3  # renew when less than this fraction of the JWT lifetime is left
+DESIRED_CHECK = 300.0  # seconds between reads of devices.config
 
 
 class AgentApp:
@@ -52,7 +61,13 @@ class AgentApp:
 
     async def start(self) -> None:
         await self._repair_creds()
+        await self.refresh_desired(restart=False)
         await self.link.start()
+        self._start_jobs()
+        log.info("agent started", extra={"device": self.config.device.code,
+                                         "version": VERSION})
+
+    def _start_jobs(self) -> None:
         i = self.config.intervals
         jobs = [
             ("heartbeat", i.heartbeat, 0.0, self.telemetry.heartbeat),
@@ -63,10 +78,32 @@ class AgentApp:
         ]
         if self.config.services.watch:
             jobs.append(("service", i.service, 3.0, self.publish_services))
+        jobs.append(("desired-config", DESIRED_CHECK, DESIRED_CHECK, self.refresh_desired))
         self.tasks = [asyncio.create_task(every(interval, delay, work, name), name=name)
                       for name, interval, delay, work in jobs]
-        log.info("agent started", extra={"device": self.config.device.code,
-                                         "version": VERSION})
+
+    async def refresh_desired(self, restart: bool = True) -> None:
+        """Apply intervals/exporters from our device row; never fatal."""
+        try:
+            record = await fetch_own_record(self.config.server.url, self.config.device.code,
+                                            self._secret())
+            merged = desired.merge(self.config, record.get("config"))
+        except (AgentError, OSError) as exc:
+            log.warning("desired config not applied", extra={"error": str(exc)})
+            return
+        if merged == self.config:
+            return
+        log.info("applying desired config from PocketBase",
+                 extra={"intervals": config_mod.to_dict(merged)["intervals"],
+                        "exporters": list(merged.exporters)})
+        self.config = self.ctx.config = merged
+        self.collector = SystemCollector(merged.exporters)
+        if restart:
+            current = asyncio.current_task()
+            for task in self.tasks:
+                if task is not current:
+                    task.cancel()
+            self._start_jobs()
 
     async def stop(self) -> None:
         grace = self.config.commands.timeout + 2

@@ -87,6 +87,16 @@ async def register_key(server_url: str, code: str, secret: str, public_key: str,
             f"{last.get('status') or 'pending'!r}): is cairn-bridge running?")
 
 
+async def fetch_own_record(server_url: str, code: str, secret: str) -> dict[str, Any]:
+    """Our device row, read as the device itself."""
+    async with PocketBase(server_url) as pb:
+        try:
+            record = await pb.auth_with_password("devices", code, secret)
+            return await pb.get("devices", record["id"])
+        except PocketBaseError as exc:
+            raise EnrollmentError(f"cannot read our device row from {server_url}: {exc}") from exc
+
+
 def write_creds(path: Path, jwt: str, seed: str) -> None:
     creds.write(path, jwt, seed)
 

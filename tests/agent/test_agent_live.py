@@ -277,3 +277,32 @@ async def _connected_nc(nc):
 
 async def _row_key(admin, device_id, key):
     return (await admin.get("devices", device_id))["nats_public_key"] == key
+
+
+async def test_desired_config_from_pocketbase(fleet, admin):
+    await admin.update("devices", fleet.device["id"], {"config": {
+        "intervals": {"heartbeat": 2}, "commands": {"allowed": ["rm -rf /"]}}})
+    try:
+        await fleet.app.refresh_desired()
+        assert fleet.app.config.intervals.heartbeat == 2.0
+        assert fleet.app.config.commands.allowed == ("true", "echo hello")
+        assert fleet.app.ctx.config is fleet.app.config
+        reply = await fleet.request("exec", {"command": "rm -rf /"})
+        assert reply["status"] == "error"
+    finally:
+        await admin.update("devices", fleet.device["id"], {"config": None})
+
+
+async def test_service_telemetry(fleet):
+    js = fleet.control.jetstream()
+    app = fleet.app
+    app.config = app.ctx.config = config_mod.from_dict(
+        {**config_mod.to_dict(app.config), "services": {"allowed": [], "watch": ["cron"]}},
+        base_dir=app.config.base_dir)
+    await app.publish_services()
+    msg = await js.get_last_msg("TELEMETRY", f"agents.{fleet.device['code']}.telemetry.service")
+    doc = json.loads(msg.data)
+    assert doc["services"][0]["name"] == "cron"
+    assert doc["services"][0]["status"] in {"running", "stopped", "failed", "unknown",
+                                            "not-found"}
+    assert doc["timestamp"]
