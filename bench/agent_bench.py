@@ -45,15 +45,20 @@ async def _device(admin: Any, tenant: dict[str, Any], code: str, stack: Any,
                   directory: Path, config: dict[str, Any] | None = None) -> Path:
     await admin.create("devices", {"tenant": tenant["id"], "code": code, "password": PASSWORD,
                                    "passwordConfirm": PASSWORD})
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "agent.yaml"
     doc = {"device": {"code": code},
            "server": {"url": stack.settings.pb_url, "secret_file": "agent.secret"},
            "nats": {"urls": [stack.settings.nats_url]},
            "exporters": ["http://127.0.0.1:9/metrics"], **(config or {})}
-    path.write_text(yaml.safe_dump(doc))
+    path = _write_yaml(directory, doc)
     await enroll(EnrollRequest(server=stack.settings.pb_url, code=code, directory=directory,
                                nats_urls=(stack.settings.nats_url,), secret=PASSWORD))
+    return path
+
+
+def _write_yaml(directory: Path, doc: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 

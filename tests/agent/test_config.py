@@ -70,9 +70,9 @@ def test_desired_config_changes_intervals_and_exporters_only():
     assert merged.commands.allowed == ("uptime",), "a whitelist was widened remotely"
     assert merged.services.allowed == ()
     assert desired.merge(current, None) is current
-    with pytest.raises(ConfigError, match="intervals.heartbeat"):
+    with pytest.raises(ConfigError, match=r"intervals\.heartbeat"):
         desired.merge(current, {"intervals": {"heartbeat": "never"}})
-    with pytest.raises(ConfigError, match="must be a JSON object"):
+    with pytest.raises(ConfigError, match=r"must be a JSON object"):
         desired.merge(current, ["x"])
 
 
