@@ -11,12 +11,18 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 log = logging.getLogger(__name__)
+
+
+def pb_date(epoch: float) -> str:
+    """PocketBase's date format (UTC, milliseconds), which also sorts as text."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 class PocketBaseError(Exception):

@@ -1,15 +1,16 @@
 """The bridge service: wiring, start and stop.
 
 Start: bootstrap check -> PocketBase superuser login -> SYS connection to NATS ->
-subscribe to realtime -> reconcile -> follow events. Stop (SIGTERM/SIGINT): stop following,
-finish in-flight handlers (bounded), flush audit rows, close tenant links, drain NATS,
-close PocketBase.
+subscribe to realtime -> reconcile (identities, then queued commands) -> follow events.
+Stop (SIGTERM/SIGINT): stop following, finish in-flight handlers (bounded), flush audit
+rows, close tenant links, drain NATS, close PocketBase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import nats
@@ -22,10 +23,12 @@ from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.bootstrap import bootstrap, load_operator
 from pb_hooks_bridge.config import BridgeConfig
+from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.lanes import Lanes
 from pb_hooks_bridge.links import TenantLinks
+from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.reconcile import Reconciler, Summary
 from pb_hooks_bridge.roles import RoleBook
@@ -34,6 +37,7 @@ from pb_hooks_bridge.tenants import Tenants
 log = logging.getLogger(__name__)
 
 PERIODIC_RECONCILE = 600.0  # seconds; also renews service users and prunes revocations
+SWEEP = 30.0  # seconds between command-expiry / presence sweeps
 
 
 class Bridge:
@@ -44,6 +48,8 @@ class Bridge:
         self.tasks: list[asyncio.Task[Any]] = []
         self.nc: NATS | None = None
         self.pb = PocketBase(config.pb_url)
+        self.started_at = time.time()
+        self._commands_recovered = False
 
     async def start(self) -> None:
         cfg = self.config
@@ -64,8 +70,11 @@ class Bridge:
         self.tenants = Tenants(self.pb, self.accounts, self.pusher, self.identities,
                                self.links, self.audit, cfg.telemetry_max_age)
         self.lanes = Lanes(cfg.concurrency)
+        self.commands = CommandDispatcher(self.pb, self.tenants, self.audit, self.lanes)
+        self.presence = Presence(self.pb, self.commands)
+        self.links.on_connect.append(self.presence.watch)
         self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
-                                  self.lanes)
+                                  self.lanes, self.commands)
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
                                      cfg.user_jwt_ttl, cfg.concurrency)
@@ -73,7 +82,19 @@ class Bridge:
             start_http_server(cfg.metrics_port, addr="127.0.0.1")
 
     async def reconcile(self) -> Summary:
-        return await self.reconciler.run()
+        """Identities first, then commands: expire, give up on orphaned `sent` rows, and
+        try every queued one once (offline devices keep theirs until they show up)."""
+        summary = await self.reconciler.run()
+        if not self._commands_recovered:
+            # rows a previous run sent and never heard back about: outcome unknown
+            await self.commands.give_up_on_sent(before=self.started_at)
+            self._commands_recovered = True
+        await self.commands.sweep()
+        queued = await self.pb.list("commands", filter='status = "queued" || status = ""',
+                                    sort="created", fields="id,device")
+        for row in queued:
+            self.commands.submit(row["id"], row["device"])
+        return summary
 
     async def run(self) -> None:
         """Follow events until stop() is called."""
@@ -81,6 +102,7 @@ class Bridge:
             asyncio.create_task(follow(self.pb, self.router, self.reconcile, self.stopping),
                                 name="follow"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
+            asyncio.create_task(self._sweep_loop(), name="sweep-loop"),
         ]
         await self.stopping.wait()
 
@@ -111,6 +133,20 @@ class Bridge:
                 await self.reconcile()
             except Exception as exc:  # keep the loop alive; the next trigger retries
                 log.warning("reconciliation failed", extra={"error": str(exc)})
+
+    async def _sweep_loop(self) -> None:
+        """Expired commands and silent devices, every SWEEP seconds."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), SWEEP)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.commands.sweep()
+                await self.presence.sweep()
+            except Exception as exc:  # the next round retries
+                log.warning("sweep failed", extra={"error": str(exc)})
 
     async def _login(self) -> None:
         async for attempt in AsyncRetrying(

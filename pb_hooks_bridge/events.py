@@ -16,6 +16,7 @@ from typing import Any
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent
 from pb_hooks_bridge import metrics
+from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.lanes import Lanes
@@ -25,13 +26,14 @@ from pb_hooks_bridge.tenants import Tenants
 
 log = logging.getLogger(__name__)
 
-TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*"]
+TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*"]
 
 
 class EventRouter:
     def __init__(self, pb: PocketBase, tenants: Tenants, identities: Identities,
-                 roles: RoleBook, lanes: Lanes) -> None:
+                 roles: RoleBook, lanes: Lanes, commands: CommandDispatcher) -> None:
         self.pb = pb
+        self.commands = commands
         self.tenants = tenants
         self.identities = identities
         self.roles = roles
@@ -39,6 +41,11 @@ class EventRouter:
 
     def submit(self, event: RealtimeEvent) -> None:
         record = event.record
+        if event.collection == "commands":
+            if event.action == "create":  # later updates are the bridge's own writes
+                metrics.EVENTS.labels("commands", "create").inc()
+                self.commands.submit(record["id"], record.get("device", ""))
+            return
         self.lanes.submit(f"{event.collection}:{record.get('id')}",
                           lambda: self.handle(event))
 

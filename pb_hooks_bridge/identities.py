@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from cairn_common import creds, natsjwt, nkey
-from cairn_common.pocketbase import PocketBase
+from cairn_common.pocketbase import PocketBase, pb_date
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.audit import AuditWriter
@@ -165,8 +165,8 @@ class Identities:
             return "unchanged"
         token, expires = await self.sign(account, key, device["code"], perms, self.ttl)
         await self.writer.update("devices", device["id"], {
-            "nats_jwt": token, "nats_jwt_expires": _pb_date(expires), "status": "active",
-            "error": "",
+            "nats_jwt": token, "nats_jwt_expires": pb_date(expires) if expires else "",
+            "status": "active", "error": "",
         })
         metrics.ISSUED.labels("device").inc()
         self.audit.record("user.issued", account.tenant_id, target,
@@ -227,7 +227,3 @@ def _keys(key: str, granted_key: str, granted_iat: int) -> dict[str, int]:
     return keys
 
 
-def _pb_date(epoch: int | None) -> str:
-    if not epoch:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S.000Z", time.gmtime(epoch))

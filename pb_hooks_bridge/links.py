@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NATS
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 class TenantLinks:
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
+        # called with (tenant id, connection) for every new link, e.g. presence watching
+        self.on_connect: list[Callable[[str, NATS], Awaitable[None]]] = []
         self.creds: dict[str, tuple[str, str]] = {}
         self.conns: dict[str, NATS] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -45,6 +48,8 @@ class TenantLinks:
                 **connect_options(lambda: self.creds[tenant_id]),
             )
             self.conns[tenant_id] = nc
+            for hook in self.on_connect:
+                await hook(tenant_id, nc)
             return nc
 
     async def close(self, tenant_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import nats
 from nats.errors import NoRespondersError
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError, ServiceUnavailableError
@@ -92,6 +93,7 @@ class Tenants:
 
     async def _delete(self, tenant: dict[str, Any]) -> str:
         account = self.accounts.forget(tenant["id"])
+        await self._purge_streams(tenant)
         await self.links.close(tenant["id"])
         public_key = tenant.get("nats_account_public_key") or (
             account.public_key if account else "")
@@ -104,6 +106,24 @@ class Tenants:
         self.audit.record("account.deleted", None, f"tenants/{tenant.get('slug')}",
                           {"public_key": public_key, "tenant_id": tenant["id"]})
         return "deleted"
+
+    async def _purge_streams(self, tenant: dict[str, Any]) -> None:
+        """Delete the tenant's streams while its account still exists: data on disk of an
+        account gone from the resolver would otherwise stay forever."""
+        nc = self.links.conns.get(tenant["id"])
+        if nc is None or nc.is_closed:
+            log.warning("tenant deleted without a live link; its streams stay on disk",
+                        extra={"tenant": tenant.get("slug")})
+            return
+        js = nc.jetstream(timeout=5)
+        try:
+            for info in await js.streams_info():
+                await js.delete_stream(info.config.name)
+                self.audit.record("stream.deleted", None, f"streams/{info.config.name}",
+                                  {"tenant": tenant.get("slug"), "tenant_id": tenant["id"]})
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not delete the tenant's streams",
+                        extra={"tenant": tenant.get("slug"), "error": str(exc)})
 
     async def ensure_service_users(self, account: Account) -> None:
         rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')

@@ -8,9 +8,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
+import yaml
 from nats.aio.client import Client as NATS
 
 from cairn_common import nkey
@@ -20,6 +22,34 @@ from pb_hooks_bridge.app import Bridge
 from pb_hooks_bridge.config import BridgeConfig
 
 DEVICE_PASSWORD = "enroll-secret-123"
+
+
+SCRIPT_SLEEP = "#!/bin/sh\nsleep \"$1\"\necho slept\n"
+
+
+def write_agent_config(directory: Path, code: str, pb_url: str, nats_url: str) -> Path:
+    """An agent.yaml for tests: fast heartbeat, a scripts dir (nap.sh, facts.py, canary.sh),
+    a log file, and a small whitelist."""
+    scripts = directory / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (scripts / "nap.sh").write_text(SCRIPT_SLEEP)
+    (scripts / "facts.py").write_text("import json\nprint(json.dumps({'answer': 42}))\n")
+    (scripts / "canary.sh").write_text('#!/bin/sh\necho ran >> "$1"\necho ok\n')
+    log = directory / "app.log"
+    log.write_text("".join(f"line {i}\n" for i in range(500)))
+    doc = {
+        "device": {"code": code},
+        "server": {"url": pb_url, "secret_file": "agent.secret"},
+        "nats": {"urls": [nats_url]},
+        "intervals": {"heartbeat": 1, "system": 3600, "inventory": 3600},
+        "exporters": ["http://127.0.0.1:9/metrics"],
+        "commands": {"allowed": ["true", "echo hello"], "scripts_directory": str(scripts),
+                     "timeout": 10},
+        "logs": {"allowed_paths": [str(directory / "*.log")]},
+    }
+    path = directory / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def uid(prefix: str) -> str:
@@ -55,6 +85,14 @@ class BridgeHandle:
     async def _connected(self) -> bool:
         from pb_hooks_bridge import metrics
         return bool(metrics.CONNECTED._value.get()) and not self.bridge.reconciler.lock.locked()
+
+    async def kill(self) -> None:
+        """Like a crash: in-flight work is dropped, nothing is drained or flushed."""
+        if self.bridge is not None:
+            for task in list(self.bridge.lanes.tasks):
+                task.cancel()
+            self.bridge.audit.queue.clear()
+        await self.stop()
 
     async def stop(self) -> None:
         if self.bridge is not None:

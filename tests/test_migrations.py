@@ -174,7 +174,8 @@ def layout(tmp_path: Path) -> DataLayout:
 
 
 def test_migration_files_are_ours() -> None:
-    assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js"]
+    assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
+                          "1764000002_command_dispatch.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -259,6 +260,13 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #0: the dispatch indexes
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[2]}" in out
+    with closing(_db(layout)) as db:
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "idx_cairn_audit_command_sent" not in names
+    assert "idx_cairn_commands_queue" not in names
     # down #1: the seed (tenant-specific roles stay)
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[1]}" in out

@@ -10,10 +10,8 @@ import signal
 import stat
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from agent import config as config_mod
 from agent.app import AgentApp
@@ -26,31 +24,8 @@ from tests.live import (
     eventually,
     new_device,
     new_tenant,
+    write_agent_config,
 )
-
-SCRIPT_SLEEP = "#!/bin/sh\nsleep \"$1\"\necho slept\n"
-
-
-def _write_config(directory: Path, code: str, pb_url: str, nats_url: str) -> Path:
-    scripts = directory / "scripts"
-    scripts.mkdir(parents=True, exist_ok=True)
-    (scripts / "nap.sh").write_text(SCRIPT_SLEEP)
-    (scripts / "facts.py").write_text("import json\nprint(json.dumps({'answer': 42}))\n")
-    log = directory / "app.log"
-    log.write_text("".join(f"line {i}\n" for i in range(500)))
-    doc = {
-        "device": {"code": code},
-        "server": {"url": pb_url, "secret_file": "agent.secret"},
-        "nats": {"urls": [nats_url]},
-        "intervals": {"heartbeat": 1, "system": 3600, "inventory": 3600},
-        "exporters": ["http://127.0.0.1:9/metrics"],
-        "commands": {"allowed": ["true", "echo hello"], "scripts_directory": str(scripts),
-                     "timeout": 10},
-        "logs": {"allowed_paths": [str(directory / "*.log")]},
-    }
-    path = directory / "agent.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 class Fleet:
@@ -73,7 +48,7 @@ async def fleet(bridge, admin, pb_env, nats_env, tmp_path_factory):
     tenant = await account_ready(admin, await new_tenant(admin))
     device = await new_device(admin, tenant)
     directory = tmp_path_factory.mktemp("agent")
-    config_path = _write_config(directory, device["code"], pb_env.url, nats_env.url)
+    config_path = write_agent_config(directory, device["code"], pb_env.url, nats_env.url)
     await enroll(EnrollRequest(server=pb_env.url, code=device["code"], directory=directory,
                                nats_urls=(nats_env.url,), secret=DEVICE_PASSWORD))
     app = AgentApp(config_mod.load(config_path))
