@@ -1,0 +1,196 @@
+"""Evaluation: does a rule match a message, and what exactly would its actions send?
+
+Decisions:
+- A payload that is not JSON, or JSON but not an object, matches only rules without a
+  condition (`match`/`conditions` absent). Such rules can still pass it through;
+  templates that read fields then fail with TemplateError.
+- Inside a condition, a missing field makes every operator false except `not_exists`;
+  a field compared with another missing field is false too. `not` negates the AND of its
+  items, so `not (x > 1)` is true when x is missing while `x <= 1` is false.
+- `any`/`all`/`none` need an array (anything else: false); with a nested condition each
+  element becomes the root for the paths inside it; with a value each element is
+  compared with `eq`. Empty array: any false, all true, none true.
+- Actions are rendered all or nothing: one TemplateError fails the whole firing.
+- The throttle is checked after the condition and before rendering: a window opens when
+  a rule matches and may fire, even if rendering then fails (errors are then reported at
+  most once per window too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from rule_router.errors import TemplateError
+from rule_router.model import (
+    MISSING,
+    Condition,
+    FieldRef,
+    Firing,
+    Group,
+    Node,
+    Out,
+    PublishAction,
+    PublishOut,
+    Rule,
+    WebhookAction,
+    WebhookOut,
+)
+from rule_router.operators import ARRAY_OPERATORS, OPERATORS, equal
+from rule_router.subjects import subject_matches
+from rule_router.templates import Context, encode, render, resolve
+from rule_router.throttle import Throttle
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A payload decoded once: `data` is the JSON value (MISSING when not JSON) and `raw`
+    the bytes as received (what pass-through actions send)."""
+
+    data: Any
+    raw: bytes
+
+
+def decode(payload: bytes | str | Any) -> Message:
+    """Decode a payload. Bytes/str are parsed as JSON (NaN/Infinity rejected); any other
+    object is taken as already decoded and encoded compactly for pass-through."""
+    if isinstance(payload, Message):
+        return payload
+    if isinstance(payload, bytes | bytearray | memoryview | str):
+        raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+        try:
+            return Message(json.loads(raw, parse_constant=_reject_constant), raw)
+        except (ValueError, RecursionError):
+            return Message(MISSING, raw)
+    return Message(payload, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def matches(node: Node, ctx: Context, root: Any = MISSING) -> bool:
+    """Evaluate a condition tree; `root` (default: the message) is what paths start from."""
+    if isinstance(node, Group):
+        if node.operator == "and":
+            return all(matches(item, ctx, root) for item in node.items)
+        if node.operator == "or":
+            return any(matches(item, ctx, root) for item in node.items)
+        return not all(matches(item, ctx, root) for item in node.items)
+    actual = resolve(node.field, ctx, root)
+    op = node.operator
+    if op in ARRAY_OPERATORS:
+        return _array(node, actual, ctx)
+    if actual is MISSING and op != "not_exists":
+        return False
+    expected = node.value
+    if isinstance(expected, FieldRef):
+        expected = resolve(expected, ctx, root)
+        if expected is MISSING:
+            return False
+    return OPERATORS[op](actual, expected)
+
+
+def _array(node: Condition, actual: Any, ctx: Context) -> bool:
+    if not isinstance(actual, list):
+        return False
+    sub = node.value
+    if isinstance(sub, Condition | Group):
+        results = (matches(sub, ctx, element) for element in actual)
+    else:
+        results = (equal(element, sub) for element in actual)
+    if node.operator == "any":
+        return any(results)
+    if node.operator == "all":
+        return all(results)
+    return not any(results)
+
+
+def evaluate(rule: Rule, subject: str, payload: bytes | str | Any, *,
+             now: datetime | None = None, env: Mapping[str, str] | None = None,
+             mask_env: bool = False, throttle: Throttle | None = None) -> Firing | None:
+    """The rule's firing for one message, or None (no subject match, no condition match,
+    or throttled). Raises TemplateError when an action cannot be rendered."""
+    if not subject_matches(rule.subject, subject):
+        return None
+    decoded = decode(payload)
+    message, raw = decoded.data, decoded.raw
+    ctx = Context(message, subject, now or datetime.now(UTC),
+                  env if env is not None else os.environ, mask_env)
+    if rule.condition is not None:
+        if not isinstance(message, dict) or not matches(rule.condition, ctx):
+            return None
+    if throttle is not None and not throttle.allow((rule.id, subject), rule.throttle):
+        return None
+    try:
+        actions = tuple(render_action(a, i, ctx, raw) for i, a in enumerate(rule.actions))
+    except TemplateError as exc:
+        raise TemplateError(f"rule {rule.name!r}: {exc}") from None
+    return Firing(rule, subject, actions, raw)
+
+
+def evaluate_many(rules: Iterable[Rule], subject: str, payload: bytes | str | Any, *,
+                  now: datetime | None = None, env: Mapping[str, str] | None = None,
+                  throttle: Throttle | None = None,
+                  ) -> tuple[list[Firing], list[tuple[Rule, TemplateError]]]:
+    """Evaluate several rules (e.g. `SubjectIndex.match(subject)`) on one message, decoding
+    it once. Returns the firings and, separately, the rules whose actions failed to render
+    (one rule's error never stops the others)."""
+    message = decode(payload)
+    now = now or datetime.now(UTC)
+    firings: list[Firing] = []
+    errors: list[tuple[Rule, TemplateError]] = []
+    for rule in rules:
+        try:
+            firing = evaluate(rule, subject, message, now=now, env=env, throttle=throttle)
+        except TemplateError as exc:
+            errors.append((rule, exc))
+            continue
+        if firing is not None:
+            firings.append(firing)
+    return firings, errors
+
+
+def render_action(action: PublishAction | WebhookAction, index: int, ctx: Context,
+                  raw: bytes) -> Out:
+    """Render one action; raises TemplateError naming the action."""
+    try:
+        if isinstance(action, PublishAction):
+            return PublishOut(
+                subject=render(action.subject, ctx),
+                payload=raw if action.payload is None else encode(render(action.payload, ctx)),
+                headers=_headers(action.headers, ctx) or None,
+                index=index)
+        headers = _headers(action.headers, ctx)
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = _content_type(action, ctx)
+        url = render(action.url, ctx)
+        has_env = any(p.env for p in action.url.placeholders)
+        return WebhookOut(
+            url=url, method=action.method, headers=headers,
+            body=raw if action.body is None else encode(render(action.body, ctx)),
+            timeout=action.timeout, attempts=action.attempts, backoff=action.backoff,
+            safe_url=render(action.url, _masked(ctx)) if has_env else url,
+            index=index)
+    except TemplateError as exc:
+        raise TemplateError(f"action {index + 1} ({action.kind}): {exc}") from None
+
+
+def _masked(ctx: Context) -> Context:
+    masked = replace(ctx, mask_env=True)
+    masked._uuid = ctx.uuid
+    return masked
+
+
+def _headers(headers: tuple[tuple[str, Any], ...], ctx: Context) -> dict[str, str]:
+    return {name: render(template, ctx) for name, template in headers}
+
+
+def _content_type(action: WebhookAction, ctx: Context) -> str:
+    if action.body is None:
+        return "application/json" if ctx.message is not MISSING else "application/octet-stream"
+    return "application/json" if action.body.kind == "json" else "text/plain; charset=utf-8"

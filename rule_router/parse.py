@@ -1,0 +1,291 @@
+"""Rule parsing and validation: YAML text → `list[Rule]`, or the first error with its line.
+
+A document holds one rule (a mapping) or a list of rules. Both forms compile into the same
+model and may be mixed key by key, as long as each thing is said once:
+
+    name         optional; default "rule N"
+    subject      NATS filter (wildcards ok)    | trigger: {nats: {subject: ...}}
+    match        expression string             | conditions: {operator, items, groups}
+    actions      list (or one mapping)         | action (synonym)
+    throttle     "30s", "5m", "1h", "1h30m" or seconds
+
+A missing subject means `agents.*.telemetry.>`; a missing condition means always true.
+Unknown keys, wrong types, bad subjects, regexes, templates, variables and durations are
+errors. Errors are `RuleError(message, line)` with the 1-based line of the offending key
+or value (from the YAML node marks); `parse_rules` raises the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from rule_router.conditions import check_variables, group
+from rule_router.errors import ExpressionError, RuleError, TemplateSyntaxError
+from rule_router.expression import parse_expression
+from rule_router.model import (
+    DEFAULT_SUBJECT,
+    Action,
+    PublishAction,
+    Rule,
+    WebhookAction,
+)
+from rule_router.subjects import filter_error
+from rule_router.templates import Template, compile_template
+from rule_router.yamlnodes import (
+    compose,
+    duration,
+    line,
+    literal,
+    mapping,
+    number,
+    scalar,
+    string,
+    template_line,
+)
+
+RULE_KEYS = ("name", "subject", "trigger", "match", "conditions", "actions", "action",
+             "throttle")
+
+
+def parse_rules(text: str, source: str = "", env: Mapping[str, str] | None = None,
+                check_env: bool = True) -> list[Rule]:
+    """Parse a `rules.yaml` value. `source` (a row id or file name) prefixes rule ids and
+    error messages. `${ENV}` names must exist in `env` (default: os.environ) unless
+    `check_env` is false. Raises the first RuleError."""
+    env_map = None if not check_env else (os.environ if env is None else env)
+    try:
+        root = compose(text)
+        nodes = root.value if isinstance(root, SequenceNode) else [root]
+        if isinstance(root, SequenceNode) and not nodes:
+            raise RuleError("the list of rules is empty", line(root))
+        rules = []
+        for index, node in enumerate(nodes):
+            rules.append(_rule(node, index, source, env_map))
+        return rules
+    except RuleError as exc:
+        exc.source = source
+        raise
+    except RecursionError:
+        raise RuleError("the document is nested too deeply", None, source) from None
+
+
+def validate(text: str, source: str = "", env: Mapping[str, str] | None = None) -> str | None:
+    """None when valid, else the message for a PocketBase row: `line N: message`."""
+    try:
+        parse_rules(text, source, env)
+    except RuleError as exc:
+        return exc.row_message
+    return None
+
+
+def load_file(path: str | Path, env: Mapping[str, str] | None = None,
+              check_env: bool = True) -> list[Rule]:
+    """Parse a rules file; errors name the file. OSError is converted to RuleError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleError(f"cannot read: {exc}", None, str(path)) from None
+    return parse_rules(text, str(path), env, check_env)
+
+
+# ----------------------------------------------------------------------------- rules
+
+def _rule(node: Node, index: int, source: str, env: Mapping[str, str] | None) -> Rule:
+    m = mapping(node, "a rule", RULE_KEYS)
+    for a, b in (("subject", "trigger"), ("match", "conditions"), ("action", "actions")):
+        if a in m and b in m:
+            raise RuleError(f"use either {a!r} or {b!r}, not both", line(m[b][0]))
+    name = string(m["name"][1], "name") if "name" in m else f"rule {index + 1}"
+    subject, subject_node = DEFAULT_SUBJECT, node
+    if "subject" in m:
+        subject_node = m["subject"][1]
+        subject = string(subject_node, "subject")
+    elif "trigger" in m:
+        trig = mapping(m["trigger"][1], "trigger", ("nats",))
+        if "nats" not in trig:
+            raise RuleError("trigger needs 'nats: {subject: ...}'", line(m["trigger"][0]))
+        nats = mapping(trig["nats"][1], "trigger.nats", ("subject",))
+        if "subject" not in nats:
+            raise RuleError("trigger.nats needs a 'subject'", line(trig["nats"][0]))
+        subject_node = nats["subject"][1]
+        subject = string(subject_node, "trigger.nats.subject")
+    problem = filter_error(subject)
+    if problem:
+        raise RuleError(problem, line(subject_node))
+    condition, match_text = None, None
+    if "match" in m:
+        key, value = m["match"]
+        match_text = string(value, "match")
+        try:
+            condition = parse_expression(match_text)
+        except ExpressionError as exc:
+            raise RuleError(f"match: {exc.message} (column {exc.column})", line(key)) from None
+        check_variables(condition, subject, line(key))
+    elif "conditions" in m:
+        condition = group(m["conditions"][1], "conditions", subject, 0)
+    key_name = "actions" if "actions" in m else "action"
+    if key_name not in m:
+        raise RuleError("a rule needs 'actions' (publish or webhook)", line(node))
+    actions = parse_actions(m[key_name][1], subject, env)
+    throttle = duration(m["throttle"][1], "throttle") if "throttle" in m else None
+    return Rule(id=f"{source}#{index}", name=name, subject=subject, condition=condition,
+                actions=actions, throttle=throttle, line=line(node), source=source,
+                match=match_text)
+
+
+# ----------------------------------------------------------------------------- actions
+
+_KINDS = {  # action key → (nested?, allowed keys, subject/url key)
+    "publish": (False, ("publish", "payload", "passthrough", "headers")),
+    "webhook": (False, ("webhook", "method", "headers", "payload", "body", "timeout",
+                        "retries", "backoff")),
+    "nats": (True, ("subject", "payload", "passthrough", "headers")),
+    "http": (True, ("url", "method", "headers", "payload", "body", "timeout", "retries",
+                    "backoff")),
+}
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+MAX_ATTEMPTS = 20
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_actions(node: Node, subject: str, env: Mapping[str, str] | None) -> tuple[Action, ...]:
+    """One action mapping or a list of them; each is publish/webhook (short) or nats/http
+    (structured)."""
+    items = [node] if isinstance(node, MappingNode) else getattr(node, "value", None)
+    if not isinstance(items, list):
+        raise RuleError("actions must be a list of actions (or one action)", line(node))
+    if not items:
+        raise RuleError("actions must not be empty", line(node))
+    return tuple(_action(n, f"actions[{i}]", subject, env) for i, n in enumerate(items))
+
+
+def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None) -> Action:
+    keys = [k.value for k, _ in node.value] if isinstance(node, MappingNode) else []
+    kinds = [k for k in _KINDS if k in keys]
+    if len(kinds) != 1:
+        raise RuleError(f"{what}: an action needs exactly one of publish, webhook, nats, http",
+                        line(node))
+    kind = kinds[0]
+    nested, allowed = _KINDS[kind]
+    if nested:
+        outer = mapping(node, what, (kind,))
+        what = f"{what}.{kind}"
+        m = mapping(outer[kind][1], what, allowed)
+        target = "subject" if kind == "nats" else "url"
+    else:
+        m = mapping(node, what, allowed)
+        target = kind
+    if target not in m:
+        raise RuleError(f"{what} needs '{target}'", line(node))
+    target_node = m[target][1]
+    headers = _headers(m, what, subject, env)
+    if kind in ("publish", "nats"):
+        return PublishAction(_template(target_node, f"{what}.{target}", "subject", subject, env),
+                             _payload(m, what, subject, env), headers, line(node))
+    url = _template(target_node, f"{what}.{target}", "url", subject, env)
+    first = url.parts[0] if url.parts else ""
+    if isinstance(first, str) and not first.startswith(("http://", "https://")):
+        raise RuleError(f"{what}.{target} must start with http:// or https://",
+                        line(target_node))
+    method = "POST"
+    if "method" in m:
+        method = string(m["method"][1], f"{what}.method").upper()
+        if method not in METHODS:
+            raise RuleError(f"{what}.method must be one of {', '.join(METHODS)}",
+                            line(m["method"][1]))
+    attempts = 3
+    if "retries" in m:
+        attempts = int(number(m["retries"][1], f"{what}.retries", 1, integer=True))
+        if attempts > MAX_ATTEMPTS:
+            raise RuleError(f"{what}.retries must be at most {MAX_ATTEMPTS}",
+                            line(m["retries"][1]))
+    return WebhookAction(
+        url=url, method=method, headers=headers, body=_payload(m, what, subject, env),
+        timeout=duration(m["timeout"][1], f"{what}.timeout") if "timeout" in m else 10.0,
+        attempts=attempts, backoff=_backoff(m, what), line=line(node))
+
+
+def _backoff(m: dict[str, tuple[Node, Node]], what: str) -> float:
+    if "backoff" not in m:
+        return 0.5
+    node = m["backoff"][1]
+    if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str":
+        return duration(node, f"{what}.backoff")
+    return float(number(node, f"{what}.backoff", 0))
+
+
+def _template(node: Node, what: str, kind: str, subject: str,
+              env: Mapping[str, str] | None) -> Template:
+    if kind == "json":
+        text = json_template_text(node)
+    else:
+        text = string(node, what)
+    try:
+        return compile_template(text, kind, subject, env)
+    except TemplateSyntaxError as exc:
+        at = line(node) if kind == "json" else template_line(node, text, exc.offset)
+        raise RuleError(f"{what}: {exc.message}", at) from None
+
+
+def _payload(m: dict[str, tuple[Node, Node]], what: str, subject: str,
+             env: Mapping[str, str] | None) -> Template | None:
+    present = [k for k in ("payload", "body") if k in m]
+    if len(present) > 1:
+        raise RuleError(f"{what}: use either 'payload' or 'body'", line(m["body"][0]))
+    passthrough = None
+    if "passthrough" in m:
+        passthrough = scalar(m["passthrough"][1], f"{what}.passthrough")
+        if not isinstance(passthrough, bool):
+            raise RuleError(f"{what}.passthrough must be true or false",
+                            line(m["passthrough"][1]))
+        if passthrough and present:
+            raise RuleError(f"{what}: passthrough: true sends the original message; "
+                            f"remove 'payload' or passthrough", line(m["passthrough"][0]))
+        if not passthrough and not present:
+            raise RuleError(f"{what}: passthrough: false needs a 'payload'",
+                            line(m["passthrough"][0]))
+    if not present:
+        return None
+    node = m[present[0]][1]
+    kind = "json" if isinstance(node, MappingNode | SequenceNode) else "payload"
+    return _template(node, f"{what}.{present[0]}", kind, subject, env)
+
+
+def json_template_text(node: Node) -> str:
+    """A YAML mapping/list payload as a JSON template. A string that is exactly one
+    placeholder (`cpu: "{cpu_percent}"`) inserts the value with its JSON type."""
+    if isinstance(node, MappingNode):
+        return "{" + ", ".join(f"{json.dumps(str(literal(k)), ensure_ascii=False)}: "
+                               f"{json_template_text(v)}" for k, v in node.value) + "}"
+    if isinstance(node, SequenceNode):
+        return "[" + ", ".join(json_template_text(v) for v in node.value) + "]"
+    value = literal(node)
+    if isinstance(value, str) and re.fullmatch(r"(\{@?[A-Za-z_][^{}]*\}|\$\{\w+\})", value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _headers(m: dict[str, tuple[Node, Node]], what: str, subject: str,
+             env: Mapping[str, str] | None) -> tuple[tuple[str, Template], ...]:
+    if "headers" not in m:
+        return ()
+    node = m["headers"][1]
+    out = []
+    for name, (key, value) in mapping(node, f"{what}.headers", None).items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise RuleError(f"{what}.headers: invalid header name {name!r}", line(key))
+        if isinstance(value, ScalarNode) and value.tag != "tag:yaml.org,2002:str":
+            raw = literal(value)
+            if isinstance(raw, bool) or raw is None:
+                raise RuleError(f"{what}.headers.{name} must be a string", line(value))
+            out.append((name, compile_template(str(raw), "header")))
+            continue
+        out.append((name, _template(value, f"{what}.headers.{name}", "header", subject, env)))
+    return tuple(out)
+

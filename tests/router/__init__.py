@@ -1,0 +1,1 @@
+"""Tests of the rule router (mirrors rule_router/)."""

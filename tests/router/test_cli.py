@@ -1,0 +1,127 @@
+"""`python -m rule_router test|check` as a user runs them (subprocess, no server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rule_router
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = """\
+subject: agents.*.telemetry.system
+match: "cpu_percent > 90 and source != 'builtin'"
+actions:
+  - publish: "alerts.{@subject.1}.high-cpu"
+    payload: '{"device": "{@subject.1}", "cpu": {cpu_percent}}'
+  - webhook: "https://alerts.example.com/cpu"
+    method: POST
+    headers: {Authorization: "Bearer ${ALERT_TOKEN}"}
+throttle: 5m
+"""
+
+
+def run(*args, env=None, stdin=None):
+    full_env = {k: v for k, v in os.environ.items() if k != "ALERT_TOKEN"}
+    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "rule_router", *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=60,
+                          input=stdin)
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "short.yaml").write_text(SHORT)
+    (tmp_path / "fixed.yaml").write_text(
+        "subject: agents.web9.telemetry.system\nmatch: 'cpu_percent > 90'\n"
+        "actions: [{publish: 'alerts.{@subject.1}'}]\n")
+    (tmp_path / "hot.json").write_text('{"cpu_percent": 95, "source": "node_exporter"}')
+    (tmp_path / "cool.json").write_text('{"cpu_percent": 5, "source": "node_exporter"}')
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "bad.yaml").write_text("actions: [{publish: a}]\n\nmatch: 'cpu >'\n")
+    return tmp_path
+
+
+def test_test_prints_what_would_fire_with_secrets_masked(files):
+    r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
+            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "s3cret"})
+    assert r.returncode == 0, r.stderr
+    assert "MATCH" in r.stdout
+    assert "publish alerts.web1.high-cpu" in r.stdout
+    assert 'payload: {"device": "web1", "cpu": 95}' in r.stdout
+    assert "webhook POST https://alerts.example.com/cpu" in r.stdout
+    assert "header Authorization: Bearer ***" in r.stdout
+    assert "s3cret" not in r.stdout + r.stderr
+    assert "throttle" in r.stdout
+
+
+def test_test_no_match_is_exit_0(files):
+    r = run("test", str(files / "short.yaml"), str(files / "cool.json"),
+            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "x"})
+    assert r.returncode == 0 and "no match" in r.stdout
+
+
+def test_test_subject_defaults_to_a_filter_without_wildcards(files):
+    r = run("test", str(files / "fixed.yaml"), str(files / "hot.json"))
+    assert r.returncode == 0, r.stderr
+    assert "publish alerts.web9" in r.stdout
+
+
+def test_test_wildcard_filter_needs_subject(files):
+    r = run("test", str(files / "short.yaml"), str(files / "hot.json"), "--no-env-check")
+    assert r.returncode == 2
+    assert "--subject" in r.stderr and "wildcards" in r.stderr
+
+
+def test_test_invalid_rule_is_exit_1_with_file_and_line(files):
+    r = run("test", str(files / "bad.yaml"), str(files / "hot.json"))
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith(f"{files / 'bad.yaml'}:3: match:")
+
+
+def test_test_missing_env_is_a_rule_error_unless_skipped(files):
+    r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
+            "--subject", "agents.web1.telemetry.system")
+    assert r.returncode == 1 and "ALERT_TOKEN is not set" in r.stderr
+    assert ":8:" in r.stderr
+    r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
+            "--subject", "agents.web1.telemetry.system", "--no-env-check")
+    assert r.returncode == 0 and "Bearer ***" in r.stdout
+
+
+def test_test_usage_errors_are_exit_2(files):
+    assert run("test", str(files / "fixed.yaml"), str(files / "bad.json")).returncode == 2
+    assert run("test", str(files / "fixed.yaml"), str(files / "none.json")).returncode == 2
+    assert run("test", str(files / "none.yaml"), str(files / "hot.json")).returncode == 2
+    r = run("test", str(files / "fixed.yaml"), str(files / "hot.json"), "--subject", "a.*")
+    assert r.returncode == 2
+    assert run("test").returncode == 2  # argparse
+
+
+def test_test_reads_the_message_from_stdin(files):
+    r = run("test", str(files / "fixed.yaml"), "-", stdin='{"cpu_percent": 99}')
+    assert r.returncode == 0 and "MATCH" in r.stdout
+
+
+def test_test_runtime_template_error_is_exit_1(files):
+    (files / "t.yaml").write_text("subject: a.b\nactions: [{publish: 'x.{host}'}]\n")
+    r = run("test", str(files / "t.yaml"), str(files / "hot.json"))
+    assert r.returncode == 1 and "field 'host' is missing" in r.stdout
+
+
+def test_check(files):
+    example = Path(rule_router.__file__).parent / "example.rules.yaml"
+    r = run("check", str(example), str(files / "fixed.yaml"), env={"ALERT_TOKEN": "x"})
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines() == [f"{example}: ok (5 rules)",
+                                     f"{files / 'fixed.yaml'}: ok (1 rule)"]
+    r = run("check", str(files / "fixed.yaml"), str(files / "bad.yaml"), str(files / "x.yaml"))
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{files / 'fixed.yaml'}: ok (1 rule)"
+    assert lines[1].startswith(f"{files / 'bad.yaml'}:3: match: expected a field or a value")
+    assert lines[2].startswith(f"{files / 'x.yaml'}: cannot read")

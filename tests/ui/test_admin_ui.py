@@ -1,0 +1,101 @@
+"""Browser test: an admin runs `ping` on a device from PocketBase's Admin UI and sees the
+agent's answer there. Headless Chromium (Debian's package) driven by Playwright; nothing is
+downloaded. Screenshots go to docs/img/ when CAIRN_SCREENSHOTS=1, else to a temp dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent import config as config_mod
+from agent.app import AgentApp
+from agent.enrollment import EnrollRequest, enroll
+from tests.live import (
+    DEVICE_PASSWORD,
+    account_ready,
+    eventually,
+    new_device,
+    new_tenant,
+    write_agent_config,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary (apt-get install chromium); CI installs it")
+
+
+@pytest.fixture
+async def fleet(bridge, admin, pb_env, nats_env, tmp_path):
+    tenant = await account_ready(admin, await new_tenant(admin, name="UI Demo"))
+    device = await new_device(admin, tenant)
+    config_path = write_agent_config(tmp_path, device["code"], pb_env.url, nats_env.url)
+    await enroll(EnrollRequest(server=pb_env.url, code=device["code"], directory=tmp_path,
+                               nats_urls=(nats_env.url,), secret=DEVICE_PASSWORD))
+    app = AgentApp(config_mod.load(config_path))
+    await app.start()
+    yield tenant, device
+    await app.stop()
+
+
+async def test_ping_from_the_admin_ui(fleet, admin, pb_env, tmp_path):
+    from playwright.async_api import async_playwright
+
+    tenant, device = fleet
+    shots = DOCS_IMG if os.environ.get("CAIRN_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        await page.goto(f"{pb_env.url}/_/")
+        await page.fill("#login_identity", pb_env.admin_email)
+        await page.fill("#login_pass", pb_env.admin_password)
+        await page.click("form[data-pb=authWithPasswordForm] button.next")
+        await page.wait_for_selector("[data-pb=mainNav]")
+        await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
+        await page.get_by_role("button", name="New record").first.click()
+        for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
+            block = _field(page, field)
+            await block.get_by_role("button", name="Open records picker").click()
+            picker = page.locator(".records-picker-modal[data-modal-state=open]")
+            await picker.locator(".records-picker-list .list-item", has_text=label).first.click()
+            await picker.get_by_role("button", name="Set selection").click()
+            await picker.wait_for(state="detached")
+        command = _field(page, "command")
+        await command.locator(".selected-container").click()
+        await command.locator(".select-option", has_text=re.compile("^ping$")).click()
+        await page.screenshot(path=str(shots / "admin-ui-new-command.png"))
+        await page.get_by_role("button", name="Create", exact=True).click()
+
+        async def succeeded():
+            rows = await admin.list("commands", filter=f'device = "{device["id"]}"')
+            return rows[0] if rows and rows[0]["status"] == "succeeded" else None
+
+        row = await eventually(succeeded, 15, "the UI's command succeeded")
+        assert row["response"]["status"] == "pong"
+        await page.goto(f"{pb_env.url}/_/#/collections?collection=tenants")
+        await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
+        table = page.locator("[data-pb=recordsListTable]")
+        await table.get_by_text("succeeded").first.wait_for()
+        await page.screenshot(path=str(shots / "admin-ui-commands-list.png"))
+        await page.set_viewport_size({"width": 1400, "height": 1300})
+        await table.locator("tbody tr", has_text=row["id"]).first.click()
+        pong = page.get_by_text('"pong"').first
+        await pong.wait_for()
+        await pong.scroll_into_view_if_needed()
+        await page.wait_for_timeout(600)  # let the panel finish sliding in
+        await page.screenshot(path=str(shots / "admin-ui-command-succeeded.png"))
+        await browser.close()
+    assert (shots / "admin-ui-command-succeeded.png").stat().st_size > 10_000
+
+
+def _field(page, name: str):
+    label = page.locator("label", has_text=re.compile(f"^{name}"))
+    return page.locator(".record-field-input").filter(has=label)
