@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -203,6 +203,58 @@ class PocketBase:
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
+
+
+async def follow_realtime(
+    pb: PocketBase, topics: list[str], on_event: Callable[[RealtimeEvent], object],
+    on_connect: Callable[[], Awaitable[object]], stopping: asyncio.Event,
+    on_state: Callable[[bool], object] | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Forever: subscribe, then `on_connect` (reconcile), then hand over events; reconnect
+    with backoff when cut off (idle timeout, restart). Events that arrive while
+    `on_connect` runs wait in a queue, so nothing between subscribe and reconcile is lost.
+    """
+    backoff = 0.2
+    while not stopping.is_set():
+        queue: asyncio.Queue[RealtimeEvent | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read_into(pb, topics, queue), name="realtime-reader")
+        try:
+            first = await queue.get()
+            if first is None:
+                raise PocketBaseError("realtime stream closed before connect")
+            if on_state:
+                on_state(True)
+            await on_connect()
+            backoff = 0.2
+            while (event := await queue.get()) is not None:
+                on_event(event)
+        except PocketBaseError as exc:
+            log.warning("PocketBase link down; will reconnect", extra={"error": str(exc)})
+        except retry_on as exc:
+            log.warning("resync failed; will retry", extra={"error": str(exc)})
+        finally:
+            if on_state:
+                on_state(False)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 10.0)
+
+
+async def _read_into(pb: PocketBase, topics: list[str],
+                     queue: asyncio.Queue[RealtimeEvent | None]) -> None:
+    try:
+        async for event in pb.realtime(topics):
+            queue.put_nowait(event)
+    except PocketBaseError as exc:
+        log.info("realtime stream ended", extra={"error": str(exc)})
+    finally:
+        queue.put_nowait(None)
 
 
 async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """`make run`: bring the whole local stack up, print how to reach it, stop it on Ctrl-C.
 
 Start order: keys (bootstrap) -> nats-server -> PocketBase (migrations, superuser) ->
-cairn-bridge -> (demo) tenant, device, service user, enrolled local agent.
+cairn-bridge -> cairn-router -> (demo) tenant, device, service user, demo rule, enrolled
+local agent.
 Stop order is the reverse, each child SIGTERM'd and given time to drain.
 """
 
@@ -20,7 +21,7 @@ from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import ManagedProcess, ProcessError, tcp_open
 from cairn_stack.settings import StackSettings
-from cairn_stack.sidecars import start_bridge
+from cairn_stack.sidecars import start_bridge, start_router
 from pb_hooks_bridge.bootstrap import bootstrap
 
 
@@ -42,24 +43,27 @@ class Stack:
             ("CAIRN_NATS_MONITOR_PORT", s.nats_monitor_port),
             ("CAIRN_PB_PORT", s.pb_port),
             ("CAIRN_BRIDGE_METRICS_PORT", s.bridge_metrics_port),
+            ("CAIRN_ROUTER_METRICS_PORT", s.router_metrics_port),
         ) if tcp_open("127.0.0.1", port)]
         if busy:
             raise ProcessError(
                 f"port already in use: {', '.join(busy)}. Is another stack running? "
                 "Stop it, or choose other ports with those variables."
             )
-        say(f"[1/4] NATS operator keys in {self.layout.secrets_dir}")
+        say(f"[1/5] NATS operator keys in {self.layout.secrets_dir}")
         result = bootstrap(self.layout)
         say(f"      {'created' if result.changed else 'unchanged'}: operator "
             f"{result.operator_public[:12]}…, system account {result.system_account[:12]}…")
-        say(f"[2/4] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
+        say(f"[2/5] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
         self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
-        say(f"[3/4] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
+        say(f"[3/5] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
         self.admin = superuser.resolve(s, self.layout)
         upsert_superuser(self.layout, self.admin.email, self.admin.password)
         self.children.append(start_pocketbase(self.layout, s.pb_port))
-        say(f"[4/4] cairn-bridge (metrics http://127.0.0.1:{s.bridge_metrics_port}/metrics)")
+        say(f"[4/5] cairn-bridge (metrics http://127.0.0.1:{s.bridge_metrics_port}/metrics)")
         self.children.append(start_bridge(s, self.layout, self.admin))
+        say(f"[5/5] cairn-router (metrics http://127.0.0.1:{s.router_metrics_port}/metrics)")
+        self.children.append(start_router(s, self.layout, self.admin))
         self.demo = None
         if s.demo:
             say("[demo] tenant 'demo', device 'demo-1', local agent enrolled as demo-1")
@@ -85,7 +89,8 @@ class Stack:
         if self.demo is not None:
             creds = self.demo.admin_creds
             say("")
-            say("Demo fleet: tenant 'demo', device 'demo-1' (a local cairn-agent).")
+            say("Demo fleet: tenant 'demo', device 'demo-1' (a local cairn-agent); rule "
+                "'high-cpu' publishes alerts.demo-1.high-cpu when cpu_percent > 90.")
             say(f"  Ping it:    .venv/bin/cairn-request --server {s.nats_url} --creds {creds} "
                 "agents.demo-1.cmd.ping")
             say(f"  or, with the nats CLI:  nats --server {s.nats_url} --creds {creds} "

@@ -25,6 +25,16 @@ TENANT = "demo"
 DEVICE = "demo-1"
 SERVICE_USER = "admin"
 
+RULE_NAME = "high-cpu"
+RULE = """# Demo rule (edit it here in the Admin UI; the router applies it within a second).
+subject: agents.*.telemetry.system
+match: "cpu_percent > 90"
+actions:
+  - publish: "alerts.{@subject.1}.high-cpu"
+    payload: '{"device": "{@subject.1}", "cpu": {cpu_percent}, "at": "{@timestamp}"}'
+throttle: 5m
+"""
+
 SCRIPTS = {
     "disk-usage.sh": """#!/bin/sh
 # Prints the root filesystem usage as JSON (the agent returns JSON output as JSON).
@@ -64,6 +74,9 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
             row = await pb.create("nats_users", {"tenant": tenant["id"], "name": SERVICE_USER,
                                                  "role": "service", "active": True})
         user = await _wait(lambda: _with_creds(pb, row["id"]), "the demo admin creds")
+        if await pb.first("rules", f'tenant = "{tenant["id"]}" && name = "{RULE_NAME}"') is None:
+            await pb.create("rules", {"tenant": tenant["id"], "name": RULE_NAME,
+                                      "enabled": True, "yaml": RULE})
         admin_creds = demo_dir / "admin.creds"
         if not admin_creds.exists() or admin_creds.read_text() != user["creds"]:
             write_secret(admin_creds, user["creds"])

@@ -19,6 +19,7 @@ class StackSettings:
     nats_monitor_port: int
     pb_port: int
     bridge_metrics_port: int
+    router_metrics_port: int
     admin_email: str | None
     admin_password: str | None
     demo: bool
@@ -62,13 +63,15 @@ def load(env: Mapping[str, str] | None = None) -> StackSettings:
         nats_monitor_port=_port(env, "CAIRN_NATS_MONITOR_PORT", 8222),
         pb_port=_port(env, "CAIRN_PB_PORT", 8090),
         bridge_metrics_port=_port(env, "CAIRN_BRIDGE_METRICS_PORT", 9091),
+        router_metrics_port=_port(env, "CAIRN_ROUTER_METRICS_PORT", 9092),
         admin_email=email,
         admin_password=password,
         demo=demo_raw in {"1", "true", "yes", ""},
     )
     ports = [settings.nats_port, settings.nats_monitor_port, settings.pb_port,
-             settings.bridge_metrics_port]
+             settings.bridge_metrics_port, settings.router_metrics_port]
     if len(set(ports)) != len(ports):
-        raise SettingsError("CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT, CAIRN_PB_PORT and "
-                            f"CAIRN_BRIDGE_METRICS_PORT must differ, got {ports}")
+        raise SettingsError("CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT, CAIRN_PB_PORT, "
+                            "CAIRN_BRIDGE_METRICS_PORT and CAIRN_ROUTER_METRICS_PORT must "
+                            f"differ, got {ports}")
     return settings

@@ -35,8 +35,28 @@ def start_bridge(settings: StackSettings, layout: DataLayout, admin: Superuser,
     return proc
 
 
+def start_router(settings: StackSettings, layout: DataLayout, admin: Superuser,
+                 timeout: float = 60) -> ManagedProcess:
+    """The router is ready once it follows PocketBase's rules."""
+    port = settings.router_metrics_port
+    proc = ManagedProcess(
+        name="cairn-router",
+        argv=[sys.executable, "-m", "rule_router", "run", "--metrics-port", str(port)],
+        log_path=layout.logs_dir / "cairn-router.log",
+        env=sidecar_env(settings, admin),
+    )
+    proc.start()
+    proc.wait_until(lambda: _metric(port, "cairn_router_pocketbase_connected") >= 1,
+                    timeout, "cairn-router following PocketBase")
+    return proc
+
+
 def _reconciled(port: int) -> bool:
+    return _metric(port, "cairn_bridge_reconciliations_total") >= 1
+
+
+def _metric(port: int, name: str) -> float:
     for line in http_get_text(f"http://127.0.0.1:{port}/metrics").splitlines():
-        if line.startswith("cairn_bridge_reconciliations_total "):
-            return float(line.split()[1]) >= 1
-    return False
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cairn_common.layout import DataLayout
+from cairn_common.superuser import LoginMissing, superuser_login
 from pb_hooks_bridge.errors import BridgeError
 
 DAY = 86_400
@@ -39,18 +39,10 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> BridgeCon
     data_dir = data_dir.resolve()
     pb_url = env.get("CAIRN_PB_URL") or f"http://127.0.0.1:{env.get('CAIRN_PB_PORT', '8090')}"
     nats_url = env.get("CAIRN_NATS_URL") or f"nats://127.0.0.1:{env.get('CAIRN_NATS_PORT', '4222')}"
-    email = env.get("CAIRN_ADMIN_EMAIL", "")
-    password = env.get("CAIRN_ADMIN_PASSWORD", "")
-    if not (email and password):
-        saved = DataLayout(data_dir).superuser_file
-        try:
-            login = json.loads(saved.read_text())
-            email, password = login["email"], login["password"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BridgeError(
-                "no PocketBase superuser: set CAIRN_ADMIN_EMAIL and CAIRN_ADMIN_PASSWORD "
-                f"(or run `make run` once so {saved} exists): {exc.__class__.__name__}"
-            ) from exc
+    try:
+        email, password = superuser_login(env, data_dir)
+    except LoginMissing as exc:
+        raise BridgeError(str(exc)) from exc
     values: dict[str, object] = {
         "data_dir": data_dir, "pb_url": pb_url, "nats_url": nats_url,
         "admin_email": email, "admin_password": password,

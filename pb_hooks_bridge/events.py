@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent
+from cairn_common.pocketbase import PocketBase, RealtimeEvent, follow_realtime
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
@@ -120,44 +120,10 @@ def _observe_lag(record: dict[str, Any]) -> None:
 async def follow(pb: PocketBase, router: EventRouter,
                  on_connect: Callable[[], Awaitable[object]],
                  stopping: asyncio.Event) -> None:
-    """Forever: subscribe, reconcile, apply events; reconnect with backoff when cut off."""
-    backoff = 0.2
-    while not stopping.is_set():
-        queue: asyncio.Queue[RealtimeEvent | None] = asyncio.Queue()
-        reader = asyncio.create_task(_read(pb, queue), name="realtime-reader")
-        try:
-            first = await queue.get()
-            if first is None:
-                raise PocketBaseError("realtime stream closed before connect")
-            metrics.CONNECTED.set(1)
-            await on_connect()
-            backoff = 0.2
-            while True:
-                event = await queue.get()
-                if event is None:
-                    break
-                router.submit(event)
-        except PocketBaseError as exc:
-            log.warning("PocketBase link down; will reconnect", extra={"error": str(exc)})
-        except BridgeError as exc:  # e.g. nats-server unreachable during reconciliation
-            log.warning("reconciliation failed; will retry", extra={"error": str(exc)})
-        finally:
-            metrics.CONNECTED.set(0)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        if not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, 10.0)
+    """The shared follow loop, with the bridge's metrics and its reconcile errors."""
 
+    def state(up: bool) -> None:
+        metrics.CONNECTED.set(1 if up else 0)
 
-async def _read(pb: PocketBase, queue: asyncio.Queue[RealtimeEvent | None]) -> None:
-    try:
-        async for event in pb.realtime(TOPICS):
-            queue.put_nowait(event)
-    except PocketBaseError as exc:
-        log.info("realtime stream ended", extra={"error": str(exc)})
-    finally:
-        queue.put_nowait(None)
+    await follow_realtime(pb, TOPICS, router.submit, on_connect, stopping,
+                          on_state=state, retry_on=(BridgeError,))

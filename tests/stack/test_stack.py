@@ -20,6 +20,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         CAIRN_NATS_PORT=str(free_port()),
         CAIRN_BRIDGE_METRICS_PORT=str(free_port()),
+        CAIRN_ROUTER_METRICS_PORT=str(free_port()),
         CAIRN_NATS_MONITOR_PORT=str(free_port()),
         CAIRN_PB_PORT=str(free_port()),
     )

@@ -1,0 +1,30 @@
+"""The PocketBase superuser login for the sidecars: from the environment, else the file
+`make run` keeps in the data dir."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from cairn_common.layout import DataLayout
+
+
+class LoginMissing(ValueError):
+    """No superuser login anywhere; the message says where to put one."""
+
+
+def superuser_login(env: Mapping[str, str], data_dir: Path) -> tuple[str, str]:
+    email = env.get("CAIRN_ADMIN_EMAIL", "")
+    password = env.get("CAIRN_ADMIN_PASSWORD", "")
+    if email and password:
+        return email, password
+    saved = DataLayout(data_dir).superuser_file
+    try:
+        login = json.loads(saved.read_text())
+        return str(login["email"]), str(login["password"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LoginMissing(
+            "no PocketBase superuser: set CAIRN_ADMIN_EMAIL and CAIRN_ADMIN_PASSWORD "
+            f"(or run `make run` once so {saved} exists): {exc.__class__.__name__}"
+        ) from exc

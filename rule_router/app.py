@@ -1,0 +1,213 @@
+"""The router service: wiring, start and stop.
+
+Start: superuser login -> realtime on rules, tenants, nats_users -> resync (tenants with a
+`cairn-router` user get a TenantRouter; every rules row validated, status written back) ->
+follow events. Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish
+(bounded), drain each tenant connection, close HTTP and PocketBase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import start_http_server
+
+from cairn_common import logs
+from cairn_common.creds import CredsError, parse
+from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
+from cairn_common.superuser import LoginMissing, superuser_login
+from rule_router import metrics
+from rule_router.ruleset import RuleSet
+from rule_router.sources import DirRules, RowRules
+from rule_router.tenant import TenantRouter
+
+log = logging.getLogger(__name__)
+
+TOPICS = ["rules/*", "tenants/*", "nats_users/*"]
+SERVICE_USER = "cairn-router"
+DIR_POLL = 2.0
+EVERY_TENANT = "*"
+
+
+class Router:
+    def __init__(self, pb_url: str, nats_url: str, login: tuple[str, str],
+                 rules_dir: Path | None = None, http: httpx.AsyncClient | None = None) -> None:
+        self.pb = PocketBase(pb_url)
+        self.nats_url = nats_url
+        self.login = login
+        self.http = http or httpx.AsyncClient()
+        self.rows = RowRules(self.pb, self._changed)
+        self.files = DirRules(rules_dir) if rules_dir else None
+        self.tenants: dict[str, TenantRouter] = {}
+        self.creds: dict[str, tuple[str, str]] = {}
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._dirty: set[str] = set()
+        self._swap_pending = False
+
+    async def start(self) -> None:
+        await self.pb.auth_superuser(*self.login)
+        if self.files is not None:
+            self.files.reload()
+        self.tasks = [asyncio.create_task(follow_realtime(
+            self.pb, TOPICS, self._on_event, self.resync, self.stopping,
+            on_state=lambda up: metrics.CONNECTED.set(1 if up else 0)), name="follow")]
+        if self.files is not None:
+            self.tasks.append(asyncio.create_task(self._watch_dir(), name="rules-dir"))
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self.tenants.values()),
+                             return_exceptions=True)
+        await self.http.aclose()
+        await self.pb.close()
+
+    # -- resync and events ----------------------------------------------------------------
+
+    async def resync(self) -> None:
+        """Rules first: a tenant's consumer must never take a message before its rules
+        are loaded (it would be acked without being evaluated)."""
+        await self.rows.load_all()
+        tenants = {t["id"]: t for t in await self.pb.list("tenants")}
+        users = await self.pb.list("nats_users", filter=f'name = "{SERVICE_USER}"')
+        for row in users:
+            self._remember(row)
+        for tenant_id in [t for t in self.tenants if t not in tenants
+                          or not tenants[t].get("active")]:
+            await self.tenants.pop(tenant_id).stop()
+        limit = asyncio.Semaphore(16)
+
+        async def ensure(tenant: dict[str, Any]) -> None:
+            async with limit:
+                await self._ensure_tenant(tenant)
+
+        await asyncio.gather(*(ensure(t) for t in tenants.values()))
+        self._changed(EVERY_TENANT)
+
+    def _on_event(self, event: RealtimeEvent) -> None:
+        task = asyncio.create_task(self._handle(event))
+        task.add_done_callback(_log_failure)
+
+    async def _handle(self, event: RealtimeEvent) -> None:
+        record, deleted = event.record, event.action == "delete"
+        if event.collection == "rules":
+            await self.rows.apply(record, deleted=deleted)
+        elif event.collection == "nats_users" and record.get("name") == SERVICE_USER:
+            self._remember(record)
+            if not deleted and record.get("tenant") not in self.tenants:
+                tenant = await self.pb.get("tenants", record["tenant"])
+                await self._ensure_tenant(tenant)
+        elif event.collection == "tenants":
+            if deleted or not record.get("active"):
+                router = self.tenants.pop(record["id"], None)
+                if router is not None:
+                    await router.stop()
+            else:
+                await self._ensure_tenant(record)
+
+    def _remember(self, row: dict[str, Any]) -> None:
+        try:
+            self.creds[row["tenant"]] = parse(row.get("creds") or "")
+        except CredsError:
+            pass  # not issued yet: the row's update event brings it
+
+    async def _ensure_tenant(self, tenant: dict[str, Any]) -> None:
+        tenant_id = tenant["id"]
+        if tenant_id in self.tenants or not tenant.get("active") or tenant_id not in self.creds:
+            return
+        router = TenantRouter(tenant.get("slug", tenant_id), self.nats_url,
+                              lambda: self.creds[tenant_id], self.http)
+        router.ruleset = self._ruleset(tenant_id)  # before the first message is taken
+        self.tenants[tenant_id] = router
+        try:
+            await router.start()
+        except Exception as exc:  # NATS unreachable: the next resync tries again
+            self.tenants.pop(tenant_id, None)
+            log.warning("tenant not started", extra={"tenant": tenant.get("slug"),
+                                                     "error": str(exc)})
+            return
+        log.info("routing tenant", extra={"tenant": router.slug})
+
+    # -- rule sets ---------------------------------------------------------------------
+
+    def _changed(self, tenant_id: str) -> None:
+        """Coalesce: many row changes in one tick rebuild each tenant's set once."""
+        self._dirty.add(tenant_id)
+        if not self._swap_pending:
+            self._swap_pending = True
+            asyncio.get_running_loop().call_soon(self._swap)
+
+    def _swap(self) -> None:
+        self._swap_pending = False
+        dirty, self._dirty = self._dirty, set()
+        targets = self.tenants if EVERY_TENANT in dirty else {
+            t: r for t, r in self.tenants.items() if t in dirty}
+        for tenant_id, router in targets.items():
+            router.swap(self._ruleset(tenant_id))
+        metrics.RULES_LOADED.set(sum(len(r.ruleset.rules) for r in self.tenants.values()))
+
+    def _ruleset(self, tenant_id: str) -> RuleSet:
+        by_source = self.rows.rules_for(tenant_id)
+        if self.files is not None:
+            by_source.update(self.files.good)
+        return RuleSet.build(by_source)
+
+    async def _watch_dir(self) -> None:
+        assert self.files is not None
+        while True:
+            await asyncio.sleep(DIR_POLL)
+            if await asyncio.to_thread(self.files.reload):
+                self._changed(EVERY_TENANT)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("event handling failed", exc_info=task.exception())
+
+
+def main_run(args: argparse.Namespace) -> int:
+    logs.setup("router", args.log_level)
+    env = os.environ
+    data_dir = Path(env.get("CAIRN_DATA_DIR") or "./data").resolve()
+    try:
+        login = superuser_login(env, data_dir)
+    except LoginMissing as exc:
+        print(f"error: {exc}")
+        return 1
+    pb_url = env.get("CAIRN_PB_URL") or f"http://127.0.0.1:{env.get('CAIRN_PB_PORT', '8090')}"
+    nats_url = (env.get("CAIRN_NATS_URL")
+                or f"nats://127.0.0.1:{env.get('CAIRN_NATS_PORT', '4222')}")
+    rules_dir = Path(args.rules_dir) if args.rules_dir else None
+    if rules_dir is not None and not rules_dir.is_dir():
+        print(f"error: --rules-dir {rules_dir} is not a directory")
+        return 2
+    port = args.metrics_port or int(env.get("CAIRN_ROUTER_METRICS_PORT") or 0)
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+    try:
+        asyncio.run(_serve(Router(pb_url, nats_url, login, rules_dir)))
+    except PocketBaseError as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
+
+
+async def _serve(router: Router) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, router.stopping.set)
+    try:
+        await router.start()
+        await router.stopping.wait()
+    finally:
+        await router.stop()

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the router, served on loopback by app.py when a port is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVALUATED = Counter("cairn_router_messages_evaluated_total", "Messages evaluated", ["path"])
+MATCHES = Counter("cairn_router_matches_total", "Rule firings")
+ACTIONS = Counter("cairn_router_actions_total", "Actions run", ["kind", "outcome"])
+WEBHOOK_RETRIES = Counter("cairn_router_webhook_retries_total", "Webhook attempts after the first")
+DEADLETTERS = Counter("cairn_router_deadletters_total", "Messages sent to alerts.deadletter")
+RUNTIME_ERRORS = Counter("cairn_router_runtime_errors_total",
+                         "Actions that could not be rendered (missing field, bad subject)")
+EVAL_SECONDS = Histogram(
+    "cairn_router_evaluation_seconds", "Rule evaluation per message",
+    buckets=(0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05),
+)
+RULES_LOADED = Gauge("cairn_router_rules_loaded", "Rules active")
+RULES_INVALID = Gauge("cairn_router_rules_invalid", "Rule rows or files that do not validate")
+CONNECTED = Gauge("cairn_router_pocketbase_connected", "1 while the realtime stream is up")

@@ -1,0 +1,117 @@
+"""Where rules come from: the `rules` collection (validation written back to the row) or,
+for development, a directory of YAML files. Both hand per-tenant rule lists to the app;
+an edit that breaks a valid rule keeps the last good version running and says so."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cairn_common.pocketbase import PocketBase, PocketBaseError
+from rule_router import metrics
+from rule_router.errors import RuleError
+from rule_router.model import Rule
+from rule_router.parse import parse_rules
+
+log = logging.getLogger(__name__)
+
+class RowRules:
+    """rules rows -> {tenant id: {row id: [Rule]}} of the last valid enabled versions."""
+
+    def __init__(self, pb: PocketBase, on_change: Callable[[str], None]) -> None:
+        self.pb = pb
+        self.on_change = on_change
+        self.good: dict[str, dict[str, list[Rule]]] = {}
+        self.seen: dict[str, tuple[str, bool]] = {}  # row id -> (yaml, enabled) applied
+        self.invalid: set[str] = set()
+
+    def rules_for(self, tenant_id: str) -> dict[str, list[Rule]]:
+        return dict(self.good.get(tenant_id, {}))
+
+    async def load_all(self) -> None:
+        rows = await self.pb.list("rules")
+        live = {row["id"] for row in rows}
+        for tenant_id, by_row in list(self.good.items()):
+            for row_id in [r for r in by_row if r not in live]:
+                del by_row[row_id]
+                self.on_change(tenant_id)
+        self.seen = {k: v for k, v in self.seen.items() if k in live}
+        for row in rows:
+            await self.apply(row)
+
+    async def apply(self, row: dict[str, Any], deleted: bool = False) -> None:
+        tenant_id, row_id = row.get("tenant", ""), row["id"]
+        by_row = self.good.setdefault(tenant_id, {})
+        if deleted:
+            self.seen.pop(row_id, None)
+            self.invalid.discard(row_id)
+            if by_row.pop(row_id, None) is not None:
+                self.on_change(tenant_id)
+            self._gauge()
+            return
+        text, enabled = row.get("yaml") or "", bool(row.get("enabled"))
+        if self.seen.get(row_id) == (text, enabled):
+            return  # our own status write coming back, or nothing that matters changed
+        self.seen[row_id] = (text, enabled)
+        try:
+            rules = parse_rules(text, source=row_id)
+        except RuleError as exc:
+            self.invalid.add(row_id)
+            kept = " The last valid version stays active." if row_id in by_row else ""
+            await self._report(row, "invalid", exc.row_message + kept)
+            self._gauge()
+            return
+        self.invalid.discard(row_id)
+        await self._report(row, "valid", "")
+        if enabled:
+            by_row[row_id] = rules
+        else:
+            by_row.pop(row_id, None)
+        self.on_change(tenant_id)
+        self._gauge()
+
+    async def _report(self, row: dict[str, Any], status: str, error: str) -> None:
+        if row.get("status") == status and (row.get("error") or "") == error:
+            return
+        try:
+            await self.pb.update("rules", row["id"], {"status": status, "error": error})
+        except PocketBaseError as exc:
+            log.warning("could not write the rule's status", extra={"rule": row["id"],
+                                                                    "error": str(exc)})
+
+    def _gauge(self) -> None:
+        metrics.RULES_INVALID.set(len(self.invalid))
+
+
+class DirRules:
+    """*.yaml files in a directory (development): they apply to every tenant, and are
+    reloaded when a file changes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.stamps: dict[Path, float] = {}
+        self.good: dict[str, list[Rule]] = {}
+
+    def reload(self) -> bool:
+        """Re-read changed files; True when the active rules changed."""
+        files = {p: p.stat().st_mtime for p in sorted(self.directory.glob("*.yaml"))}
+        if files == self.stamps:
+            return False
+        changed = False
+        for path in [p for p in self.good if Path(p) not in files]:
+            del self.good[path]
+            changed = True
+        for path, stamp in files.items():
+            if self.stamps.get(path) == stamp:
+                continue
+            try:
+                self.good[str(path)] = parse_rules(path.read_text(), source=path.name)
+                changed = True
+            except (RuleError, OSError) as exc:
+                where = f"{path}:{exc.line}" if isinstance(exc, RuleError) else str(path)
+                log.error("rules file not loaded; the last valid version stays active",
+                          extra={"file": where, "error": str(exc)})
+        self.stamps = files
+        return changed

@@ -1,0 +1,213 @@
+"""One tenant's runtime: a connection in its account (the `cairn-router` service user), a
+durable JetStream consumer on TELEMETRY, core subscriptions for other rule subjects, and
+the evaluate -> act -> ack path.
+
+A JetStream message is acknowledged only after every action succeeded or was dead-lettered
+(at-least-once across restarts); a message whose actions could not run is not acked and
+comes back after the ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cairn_common.natsauth import connect_options
+from rule_router import metrics
+from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
+from rule_router.errors import ActionError
+from rule_router.evaluate import evaluate_many
+from rule_router.model import Firing, PublishOut
+from rule_router.ruleset import TELEMETRY, RuleSet
+from rule_router.subjects import subject_matches
+from rule_router.throttle import Throttle
+
+log = logging.getLogger(__name__)
+
+STREAM = "TELEMETRY"
+DURABLE = "cairn-router"
+ACK_WAIT = 30.0  # seconds; a webhook in progress extends it (in_progress) per attempt
+FETCH = 100
+CONCURRENCY = 64
+
+
+class TenantRouter:
+    def __init__(self, slug: str, nats_url: str, creds: Callable[[], tuple[str, str]],
+                 http: httpx.AsyncClient) -> None:
+        self.slug = slug
+        self.nats_url = nats_url
+        self.creds = creds
+        self.http = http
+        self.ruleset = RuleSet()
+        self.throttle = Throttle()
+        self.nc: NATS | None = None
+        self.core_subs: dict[str, Any] = {}
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.limit = asyncio.Semaphore(CONCURRENCY)
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        async def on_error(exc: Exception) -> None:
+            log.warning("tenant link error", extra={"tenant": self.slug, "error": str(exc)})
+
+        self.nc = await nats.connect(
+            self.nats_url, name=f"cairn-router/{self.slug}", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
+            **connect_options(self.creds))
+        await self._resubscribe()
+        self.tasks.append(asyncio.create_task(self._consume(), name=f"consume:{self.slug}"))
+
+    def swap(self, ruleset: RuleSet) -> None:
+        """Atomic: in-flight evaluations keep the set they started with."""
+        self.ruleset = ruleset
+        if self.nc is not None:
+            task = asyncio.create_task(self._resubscribe())
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=grace)
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), grace)
+            except (TimeoutError, nats.errors.Error):
+                await self.nc.close()
+
+    # -- intake -----------------------------------------------------------------------
+
+    async def _resubscribe(self) -> None:
+        assert self.nc is not None
+        wanted = self.ruleset.core_filters()
+        for subject in set(self.core_subs) - wanted:
+            await self.core_subs.pop(subject).unsubscribe()
+        for subject in wanted - set(self.core_subs):
+            self.core_subs[subject] = await self.nc.subscribe(subject, cb=self._on_core)
+
+    async def _on_core(self, msg: Msg) -> None:
+        if subject_matches(TELEMETRY, msg.subject):
+            return  # telemetry comes through the durable consumer (and is acked there)
+        await self._spawn(msg, "core")
+
+    async def _consume(self) -> None:
+        """Pull from the durable consumer forever; survives stream/server hiccups."""
+        assert self.nc is not None
+        js = self.nc.jetstream(timeout=10)
+        sub = None
+        while True:
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe(
+                        TELEMETRY, durable=DURABLE, stream=STREAM,
+                        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                              deliver_policy=DeliverPolicy.NEW,
+                                              ack_wait=ACK_WAIT, max_ack_pending=10_000))
+                msgs = await sub.fetch(FETCH, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # stream not there yet, server restarting, ...
+                log.warning("telemetry consumer not ready", extra={"tenant": self.slug,
+                                                                   "error": str(exc)})
+                sub = None
+                await asyncio.sleep(1)
+                continue
+            for i, msg in enumerate(msgs):
+                try:
+                    await self._spawn(msg, "jetstream")
+                except asyncio.CancelledError:
+                    await _nak_all(msgs[i:])  # hand them back now, not after the ack wait
+                    raise
+
+    async def _spawn(self, msg: Msg, path: str) -> None:
+        await self.limit.acquire()
+        task = asyncio.create_task(self.handle(msg, path))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        task.add_done_callback(lambda _: self.limit.release())
+
+    # -- evaluate and act ---------------------------------------------------------------
+
+    async def handle(self, msg: Msg, path: str) -> None:
+        try:
+            await self._handle(msg, path)
+        except asyncio.CancelledError:
+            if path == "jetstream":
+                await _nak_all([msg])
+            raise
+
+    async def _handle(self, msg: Msg, path: str) -> None:
+        ruleset = self.ruleset  # one consistent set for this message
+        started = time.perf_counter()
+        firings, errors = evaluate_many(ruleset.index.match(msg.subject), msg.subject, msg.data,
+                                        throttle=self.throttle)
+        metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
+        metrics.EVALUATED.labels(path).inc()
+        for rule, exc in errors:
+            metrics.RUNTIME_ERRORS.inc()
+            log.warning("rule could not render its actions",
+                        extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
+        done = True
+        for firing in firings:
+            metrics.MATCHES.inc()
+            done = await self._act(firing, msg, path) and done
+        if path == "jetstream":
+            if done:
+                await msg.ack()
+            else:
+                await msg.nak(delay=5)
+
+    async def _act(self, firing: Firing, msg: Msg, path: str) -> bool:
+        """Run every action; True when each one succeeded or was dead-lettered."""
+        original = msg.data
+        ok = True
+        for out in firing.actions:
+            if isinstance(out, PublishOut):
+                try:
+                    await ACTIONS["publish"](out, self.nc)
+                    metrics.ACTIONS.labels("publish", "ok").inc()
+                except ActionError as exc:
+                    metrics.ACTIONS.labels("publish", "failed").inc()
+                    ok = await self._deadletter(firing, out, exc, original) and ok
+                continue
+            if path == "jetstream":
+                await msg.in_progress()  # a webhook with retries may outlast the ack wait
+            result = await ACTIONS["webhook"](out, self.http)
+            metrics.WEBHOOK_RETRIES.inc(max(0, result.attempts - 1))
+            metrics.ACTIONS.labels("webhook", "ok" if result.ok else "failed").inc()
+            if not result.ok:
+                ok = await self._deadletter(firing, out, result, original) and ok
+        return ok
+
+    async def _deadletter(self, firing: Firing, out: Any, error: Any, original: bytes) -> bool:
+        try:
+            assert self.nc is not None
+            await self.nc.publish(DEADLETTER_SUBJECT,
+                                  deadletter_payload(firing, out, error, original))
+            metrics.DEADLETTERS.inc()
+            return True
+        except (nats.errors.Error, OSError) as exc:
+            log.error("dead letter could not be published; the message will come back",
+                      extra={"tenant": self.slug, "rule": firing.rule.name, "error": str(exc)})
+            return False
+
+
+async def _nak_all(msgs: list[Msg]) -> None:
+    for msg in msgs:
+        try:
+            await msg.nak()
+        except Exception:  # connection already gone: the ack wait brings them back
+            return
