@@ -54,7 +54,8 @@ def start(with_bridge: bool = True) -> BenchStack:
     layout = DataLayout(root)
     settings = StackSettings(
         data_dir=root, nats_port=free_port(), nats_monitor_port=free_port(),
-        pb_port=free_port(), bridge_metrics_port=free_port(), admin_email=None,
+        pb_port=free_port(), bridge_metrics_port=free_port(),
+        router_metrics_port=free_port(), admin_email=None,
         admin_password=None, demo=False,
     )
     admin = Superuser("bench@cairn.local", secrets.token_urlsafe(16), generated_now=False)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from cairn_common.layout import DataLayout
-from cairn_stack.processes import ManagedProcess, binary, http_ok
+from cairn_stack.processes import ManagedProcess, ProcessError, binary, http_ok
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_NATS_CONF = REPO_ROOT / "nats-server.conf"
@@ -40,10 +40,19 @@ def start_nats(
 ) -> ManagedProcess:
     proc = nats_process(layout, port, monitor_port)
     proc.start()
+    _ready_or_stop(proc, timeout, monitor_port)
+    return proc
+
+
+def _ready_or_stop(proc: ManagedProcess, timeout: float, monitor_port: int) -> None:
+    """Wait for health; a server that never gets there is stopped, not left behind."""
     # js-server-only: a stream left on disk by a deleted tenant's account must not make the
     # server look unhealthy (that account is gone from the resolver on purpose)
-    proc.wait_until(
-        lambda: http_ok(f"http://127.0.0.1:{monitor_port}/healthz?js-server-only=true"),
-        timeout, "nats-server healthy",
-    )
-    return proc
+    try:
+        proc.wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{monitor_port}/healthz?js-server-only=true"),
+            timeout, "nats-server healthy",
+        )
+    except ProcessError:
+        proc.stop()
+        raise

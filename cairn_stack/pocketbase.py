@@ -33,9 +33,13 @@ def pocketbase_process(layout: DataLayout, port: int) -> ManagedProcess:
 def start_pocketbase(layout: DataLayout, port: int, timeout: float = 30) -> ManagedProcess:
     proc = pocketbase_process(layout, port)
     proc.start()
-    proc.wait_until(
-        lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), timeout, "PocketBase healthy"
-    )
+    try:
+        proc.wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), timeout, "PocketBase healthy"
+        )
+    except ProcessError:
+        proc.stop()  # never leave a half-started server behind
+        raise
     return proc
 
 

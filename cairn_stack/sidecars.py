@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from cairn_common.layout import DataLayout
-from cairn_stack.processes import ManagedProcess, http_get_text
+from cairn_stack.processes import ManagedProcess, ProcessError, http_get_text
 from cairn_stack.settings import StackSettings
 from cairn_stack.superuser import Superuser
 
@@ -22,37 +22,34 @@ def sidecar_env(settings: StackSettings, admin: Superuser) -> dict[str, str]:
 
 def start_bridge(settings: StackSettings, layout: DataLayout, admin: Superuser,
                  timeout: float = 60) -> ManagedProcess:
-    """The bridge is ready once it has reconciled and follows PocketBase's events."""
-    port = settings.bridge_metrics_port
-    proc = ManagedProcess(
-        name="cairn-bridge",
-        argv=[sys.executable, "-m", "pb_hooks_bridge", "run", "--metrics-port", str(port)],
-        log_path=layout.logs_dir / "cairn-bridge.log",
-        env=sidecar_env(settings, admin),
-    )
-    proc.start()
-    proc.wait_until(lambda: _reconciled(port), timeout, "cairn-bridge reconciled")
-    return proc
+    """Ready once it has reconciled and follows PocketBase's events."""
+    return _start("cairn-bridge", "pb_hooks_bridge", settings.bridge_metrics_port,
+                  "cairn_bridge_reconciliations_total", settings, layout, admin, timeout)
 
 
 def start_router(settings: StackSettings, layout: DataLayout, admin: Superuser,
                  timeout: float = 60) -> ManagedProcess:
-    """The router is ready once it follows PocketBase's rules."""
-    port = settings.router_metrics_port
+    """Ready once it follows PocketBase's rules."""
+    return _start("cairn-router", "rule_router", settings.router_metrics_port,
+                  "cairn_router_pocketbase_connected", settings, layout, admin, timeout)
+
+
+def _start(name: str, module: str, port: int, ready_metric: str, settings: StackSettings,
+           layout: DataLayout, admin: Superuser, timeout: float) -> ManagedProcess:
+    """A sidecar with /metrics on `port`; ready when `ready_metric` reaches 1."""
     proc = ManagedProcess(
-        name="cairn-router",
-        argv=[sys.executable, "-m", "rule_router", "run", "--metrics-port", str(port)],
-        log_path=layout.logs_dir / "cairn-router.log",
+        name=name,
+        argv=[sys.executable, "-m", module, "run", "--metrics-port", str(port)],
+        log_path=layout.logs_dir / f"{name}.log",
         env=sidecar_env(settings, admin),
     )
     proc.start()
-    proc.wait_until(lambda: _metric(port, "cairn_router_pocketbase_connected") >= 1,
-                    timeout, "cairn-router following PocketBase")
+    try:
+        proc.wait_until(lambda: _metric(port, ready_metric) >= 1, timeout, f"{name} ready")
+    except ProcessError:
+        proc.stop()  # never leave a half-started sidecar behind
+        raise
     return proc
-
-
-def _reconciled(port: int) -> bool:
-    return _metric(port, "cairn_bridge_reconciliations_total") >= 1
 
 
 def _metric(port: int, name: str) -> float:

@@ -50,6 +50,7 @@ class Router:
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
         self._dirty: set[str] = set()
+        self._handling = asyncio.Lock()
         self._swap_pending = False
 
     async def start(self) -> None:
@@ -99,6 +100,10 @@ class Router:
         task.add_done_callback(_log_failure)
 
     async def _handle(self, event: RealtimeEvent) -> None:
+        async with self._handling:  # one at a time, in order: a row's edits never reorder
+            await self._handle_one(event)
+
+    async def _handle_one(self, event: RealtimeEvent) -> None:
         record, deleted = event.record, event.action == "delete"
         if event.collection == "rules":
             await self.rows.apply(record, deleted=deleted)

@@ -4,6 +4,7 @@ an edit that breaks a valid rule keeps the last good version running and says so
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -75,11 +76,18 @@ class RowRules:
     async def _report(self, row: dict[str, Any], status: str, error: str) -> None:
         if row.get("status") == status and (row.get("error") or "") == error:
             return
-        try:
-            await self.pb.update("rules", row["id"], {"status": status, "error": error})
-        except PocketBaseError as exc:
-            log.warning("could not write the rule's status", extra={"rule": row["id"],
-                                                                    "error": str(exc)})
+        for attempt in range(3):
+            try:
+                await self.pb.update("rules", row["id"], {"status": status, "error": error})
+                return
+            except PocketBaseError as exc:
+                if exc.status == 404:
+                    return  # deleted meanwhile
+                await asyncio.sleep(0.2 * 2**attempt)
+                failure = exc
+        self.seen.pop(row["id"], None)  # not reported: the next event or resync tries again
+        log.warning("could not write the rule's status", extra={"rule": row["id"],
+                                                                "error": str(failure)})
 
     def _gauge(self) -> None:
         metrics.RULES_INVALID.set(len(self.invalid))

@@ -54,6 +54,7 @@ class TenantRouter:
         self.tasks: list[asyncio.Task[Any]] = []
         self.limit = asyncio.Semaphore(CONCURRENCY)
         self.inflight: set[asyncio.Task[Any]] = set()
+        self._subscribing = asyncio.Lock()
 
     async def start(self) -> None:
         async def on_error(exc: Exception) -> None:
@@ -89,6 +90,10 @@ class TenantRouter:
     # -- intake -----------------------------------------------------------------------
 
     async def _resubscribe(self) -> None:
+        async with self._subscribing:  # swaps can come in bursts; one diff at a time
+            await self._resubscribe_locked()
+
+    async def _resubscribe_locked(self) -> None:
         assert self.nc is not None
         wanted = self.ruleset.core_filters()
         for subject in set(self.core_subs) - wanted:
@@ -127,14 +132,27 @@ class TenantRouter:
                 continue
             for i, msg in enumerate(msgs):
                 try:
-                    await self._spawn(msg, "jetstream")
+                    # evaluated inline (cheap); only webhooks, which may retry for seconds,
+                    # get their own task so they never hold up the stream
+                    firings = self.evaluate(msg, "jetstream")
+                    if any(not isinstance(o, PublishOut) for f in firings for o in f.actions):
+                        await self._spawn_finish(msg, firings)
+                    else:
+                        await self.finish(msg, "jetstream", firings)
                 except asyncio.CancelledError:
-                    await _nak_all(msgs[i:])  # hand them back now, not after the ack wait
+                    await _nak_all(msgs[i + 1:])  # hand them back now, not after the ack wait
                     raise
 
+    async def _spawn_finish(self, msg: Msg, firings: list[Firing]) -> None:
+        await self._bounded(self.finish(msg, "jetstream", firings))
+
     async def _spawn(self, msg: Msg, path: str) -> None:
+        await self._bounded(self.handle(msg, path))
+
+    async def _bounded(self, work: Any) -> None:
+        """At most CONCURRENCY messages in flight per tenant (backpressure on intake)."""
         await self.limit.acquire()
-        task = asyncio.create_task(self.handle(msg, path))
+        task = asyncio.create_task(work)
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
         task.add_done_callback(lambda _: self.limit.release())
@@ -142,14 +160,9 @@ class TenantRouter:
     # -- evaluate and act ---------------------------------------------------------------
 
     async def handle(self, msg: Msg, path: str) -> None:
-        try:
-            await self._handle(msg, path)
-        except asyncio.CancelledError:
-            if path == "jetstream":
-                await _nak_all([msg])
-            raise
+        await self.finish(msg, path, self.evaluate(msg, path))
 
-    async def _handle(self, msg: Msg, path: str) -> None:
+    def evaluate(self, msg: Msg, path: str) -> list[Firing]:
         ruleset = self.ruleset  # one consistent set for this message
         started = time.perf_counter()
         firings, errors = evaluate_many(ruleset.index.match(msg.subject), msg.subject, msg.data,
@@ -160,15 +173,24 @@ class TenantRouter:
             metrics.RUNTIME_ERRORS.inc()
             log.warning("rule could not render its actions",
                         extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
-        done = True
-        for firing in firings:
-            metrics.MATCHES.inc()
-            done = await self._act(firing, msg, path) and done
-        if path == "jetstream":
-            if done:
-                await msg.ack()
-            else:
-                await msg.nak(delay=5)
+        return firings
+
+    async def finish(self, msg: Msg, path: str, firings: list[Firing]) -> None:
+        """Act, then ack (JetStream); a cancelled or failed run hands the message back."""
+        try:
+            done = True
+            for firing in firings:
+                metrics.MATCHES.inc()
+                done = await self._act(firing, msg, path) and done
+            if path == "jetstream":
+                if done:
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=5)
+        except asyncio.CancelledError:
+            if path == "jetstream":
+                await _nak_all([msg])
+            raise
 
     async def _act(self, firing: Firing, msg: Msg, path: str) -> bool:
         """Run every action; True when each one succeeded or was dead-lettered."""
