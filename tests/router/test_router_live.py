@@ -192,11 +192,13 @@ async def test_restart_mid_stream_processes_every_message(harness, admin, pb_env
                     http=http)
     await router.start()
     harness.router, harness.hooks = router, hooks
+    await eventually(lambda: _routing(router, harness.tenant["id"]), 30, "router restarted")
 
     async def complete():
         return {a["n"] for a in got} >= set(range(100))
 
-    await eventually(complete, 60, "every message processed at least once")
+    # unacked messages come back at the latest after the consumer's ack wait (30 s)
+    await eventually(complete, 90, "every message processed at least once")
 
 
 async def _count(bucket, n):
