@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from agent.enrollment import EnrollRequest, enroll
-from bench.stack import machine, percentile, start
+from bench.stack import machine, percentile, provisioned_tenant, start
 from cairn_common.natsauth import connect_options
 
 PASSWORD = "bench-enroll-123"
@@ -92,9 +92,7 @@ async def run(requests: int = 5000, idle_seconds: float = 300.0) -> dict[str, An
     procs: list[asyncio.subprocess.Process] = []
     try:
         admin = await stack.admin_client()
-        tenant = await admin.create("tenants", {"name": "ab", "slug": "ab", "active": True})
-        while not (await admin.get("tenants", tenant["id"]))["nats_account_public_key"]:
-            await asyncio.sleep(0.05)
+        tenant = await provisioned_tenant(admin, "ab")
         work = Path(tempfile.mkdtemp(prefix="cairn-agent-bench-"))
         agent_cfg = await _device(admin, tenant, "bench-agent", stack, work / "agent",
                                   {"commands": {"allowed": ["true"], "timeout": 10}})

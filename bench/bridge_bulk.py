@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from bench.stack import BenchStack, machine, rss_peak_mb, start
+from bench.stack import BenchStack, machine, provisioned_tenant, rss_peak_mb, start
 from cairn_common import nkey
 from cairn_common.pocketbase import PocketBase
 from cairn_stack.pocketbase import start_pocketbase
@@ -85,9 +85,7 @@ async def run(sizes: list[int]) -> list[dict[str, Any]]:
     try:
         stack.start_bridge()
         admin = await stack.admin_client()
-        tenant = await admin.create("tenants", {"name": "bulk", "slug": "bulk", "active": True})
-        while not (await admin.get("tenants", tenant["id"]))["nats_account_public_key"]:
-            await asyncio.sleep(0.05)
+        tenant = await provisioned_tenant(admin, "bulk")
         stack.bridge.stop()
         for n in sizes:
             # baseline: PocketBase alone accepting n key writes (no bridge running)

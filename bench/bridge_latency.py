@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 
-from bench.stack import BenchStack, machine, percentile, start
+from bench.stack import BenchStack, machine, percentile, provisioned_tenant, start
 from cairn_common import natsjwt, nkey
 from cairn_common.natsauth import connect_options
 from cairn_common.pocketbase import PocketBase
@@ -74,9 +74,7 @@ async def run(samples: int = 200) -> dict[str, Any]:
 async def _measure(stack: BenchStack, samples: int) -> dict[str, Any]:
     admin = await stack.admin_client()
     url = stack.settings.nats_url
-    tenant = await admin.create("tenants", {"name": "bench", "slug": "bench", "active": True})
-    while not (await admin.get("tenants", tenant["id"]))["nats_account_public_key"]:
-        await asyncio.sleep(0.05)
+    tenant = await provisioned_tenant(admin, "bench")
     watch = Watch(admin)
     await watch.start()
     enroll_ms, base_ms, enrolled = [], [], []

@@ -21,7 +21,7 @@ import yaml
 from agent import config as config_mod
 from agent.app import AgentApp
 from agent.enrollment import EnrollRequest, enroll
-from bench.stack import BenchStack, machine, percentile, start
+from bench.stack import BenchStack, machine, percentile, provisioned_tenant, start
 from cairn_common.natsauth import connect_options
 
 PASSWORD = "bench-enroll-123"
@@ -84,9 +84,7 @@ async def run(samples: int = 500, devices: int = 100, per_device: int = 10) -> d
     apps: list[AgentApp] = []
     try:
         admin = await stack.admin_client()
-        tenant = await admin.create("tenants", {"name": "cb", "slug": "cb", "active": True})
-        while not (await admin.get("tenants", tenant["id"]))["nats_account_public_key"]:
-            await asyncio.sleep(0.05)
+        tenant = await provisioned_tenant(admin, "cb")
         root = Path(tempfile.mkdtemp(prefix="cairn-dispatch-bench-"))
         finals = Finals(admin)
         watcher = await finals.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import secrets
@@ -67,6 +68,14 @@ def start(with_bridge: bool = True) -> BenchStack:
     if with_bridge:
         stack.start_bridge()
     return stack
+
+
+async def provisioned_tenant(admin: PocketBase, slug: str) -> dict:
+    """Create a tenant and wait until the bridge has provisioned its NATS account."""
+    tenant = await admin.create("tenants", {"name": slug, "slug": slug, "active": True})
+    while not (await admin.get("tenants", tenant["id"]))["nats_account_public_key"]:
+        await asyncio.sleep(0.05)
+    return tenant
 
 
 def machine() -> str:
