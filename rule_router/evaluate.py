@@ -118,9 +118,14 @@ def evaluate(rule: Rule, subject: str, payload: bytes | str | Any, *,
     if not subject_matches(rule.subject, subject):
         return None
     decoded = decode(payload)
-    message, raw = decoded.data, decoded.raw
-    ctx = Context(message, subject, now or datetime.now(UTC),
+    ctx = Context(decoded.data, subject, now or datetime.now(UTC),
                   env if env is not None else os.environ, mask_env)
+    return _fire(rule, subject, decoded, ctx, throttle)
+
+
+def _fire(rule: Rule, subject: str, decoded: Message, ctx: Context,
+          throttle: Throttle | None) -> Firing | None:
+    message, raw = decoded.data, decoded.raw
     if rule.condition is not None:
         if not isinstance(message, dict) or not matches(rule.condition, ctx):
             return None
@@ -135,18 +140,22 @@ def evaluate(rule: Rule, subject: str, payload: bytes | str | Any, *,
 
 def evaluate_many(rules: Iterable[Rule], subject: str, payload: bytes | str | Any, *,
                   now: datetime | None = None, env: Mapping[str, str] | None = None,
-                  throttle: Throttle | None = None,
+                  throttle: Throttle | None = None, indexed: bool = False,
                   ) -> tuple[list[Firing], list[tuple[Rule, TemplateError]]]:
     """Evaluate several rules (e.g. `SubjectIndex.match(subject)`) on one message, decoding
-    it once. Returns the firings and, separately, the rules whose actions failed to render
-    (one rule's error never stops the others)."""
+    it once and building one context. `indexed`: the rules came from a SubjectIndex match,
+    so their subject filters need no second check. Returns the firings and, separately,
+    the rules whose actions failed to render (one rule's error never stops the others)."""
     message = decode(payload)
-    now = now or datetime.now(UTC)
+    ctx = Context(message.data, subject, now or datetime.now(UTC),
+                  env if env is not None else os.environ, False)
     firings: list[Firing] = []
     errors: list[tuple[Rule, TemplateError]] = []
     for rule in rules:
+        if not indexed and not subject_matches(rule.subject, subject):
+            continue
         try:
-            firing = evaluate(rule, subject, message, now=now, env=env, throttle=throttle)
+            firing = _fire(rule, subject, message, ctx, throttle)
         except TemplateError as exc:
             errors.append((rule, exc))
             continue
