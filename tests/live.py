@@ -166,3 +166,25 @@ async def connect(url: str, jwt: str, seed: str, errors: list[Exception] | None 
         url, allow_reconnect=allow_reconnect, connect_timeout=5, error_cb=on_error, **kwargs,
         **connect_options(lambda: (jwt, seed)),
     )
+
+
+@dataclass
+class AgentSite:
+    tenant: dict[str, Any]
+    device: dict[str, Any]
+    directory: Path
+    config_path: Path
+
+
+async def enrolled_agent_site(admin: PocketBase, pb_url: str, nats_url: str, directory: Path,
+                              **tenant_extra: Any) -> AgentSite:
+    """A provisioned tenant, a device, and an agent enrolled for it in `directory` (through
+    the real enrollment flow) with the test agent.yaml; the agent itself is not started."""
+    from agent.enrollment import EnrollRequest, enroll
+
+    tenant = await account_ready(admin, await new_tenant(admin, **tenant_extra))
+    device = await new_device(admin, tenant)
+    config_path = write_agent_config(directory, device["code"], pb_url, nats_url)
+    await enroll(EnrollRequest(server=pb_url, code=device["code"], directory=directory,
+                               nats_urls=(nats_url,), secret=DEVICE_PASSWORD))
+    return AgentSite(tenant, device, directory, config_path)

@@ -11,16 +11,14 @@ import pytest
 
 from agent import config as config_mod
 from agent.app import AgentApp
-from agent.enrollment import EnrollRequest, enroll
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from tests.live import (
-    DEVICE_PASSWORD,
     account_ready,
+    enrolled_agent_site,
     eventually,
     new_device,
     new_tenant,
     uid,
-    write_agent_config,
 )
 
 FINAL = {"succeeded", "failed", "expired"}
@@ -59,13 +57,10 @@ async def _user(admin, pb_url, tenant, role):
 
 @pytest.fixture(scope="module")
 async def site(bridge, admin, pb_env, nats_env, tmp_path_factory):
-    tenant = await account_ready(admin, await new_tenant(admin))
-    device = await new_device(admin, tenant)
-    directory = tmp_path_factory.mktemp("dispatch-agent")
-    config_path = write_agent_config(directory, device["code"], pb_env.url, nats_env.url)
-    await enroll(EnrollRequest(server=pb_env.url, code=device["code"], directory=directory,
-                               nats_urls=(nats_env.url,), secret=DEVICE_PASSWORD))
-    s = Site(tenant, device, directory, config_path)
+    agent = await enrolled_agent_site(admin, pb_env.url, nats_env.url,
+                                      tmp_path_factory.mktemp("dispatch-agent"))
+    tenant = agent.tenant
+    s = Site(tenant, agent.device, agent.directory, agent.config_path)
     for role in ("operator", "viewer"):
         s.users[role], s.user_ids[role] = await _user(admin, pb_env.url, tenant, role)
     await s.start_agent()

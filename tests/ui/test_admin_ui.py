@@ -13,14 +13,9 @@ import pytest
 
 from agent import config as config_mod
 from agent.app import AgentApp
-from agent.enrollment import EnrollRequest, enroll
 from tests.live import (
-    DEVICE_PASSWORD,
-    account_ready,
+    enrolled_agent_site,
     eventually,
-    new_device,
-    new_tenant,
-    write_agent_config,
 )
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,12 +29,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 async def fleet(bridge, admin, pb_env, nats_env, tmp_path):
-    tenant = await account_ready(admin, await new_tenant(admin, name="UI Demo"))
-    device = await new_device(admin, tenant)
-    config_path = write_agent_config(tmp_path, device["code"], pb_env.url, nats_env.url)
-    await enroll(EnrollRequest(server=pb_env.url, code=device["code"], directory=tmp_path,
-                               nats_urls=(nats_env.url,), secret=DEVICE_PASSWORD))
-    app = AgentApp(config_mod.load(config_path))
+    site = await enrolled_agent_site(admin, pb_env.url, nats_env.url, tmp_path, name="UI Demo")
+    tenant, device = site.tenant, site.device
+    app = AgentApp(config_mod.load(site.config_path))
     await app.start()
     yield tenant, device
     await app.stop()
