@@ -36,6 +36,7 @@ from agent.services import service_status
 from agent.telemetry import Telemetry, every
 from cairn_common import creds, natsjwt, nkey
 from cairn_common.creds import write_secret
+from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,7 @@ class AgentApp:
     async def stop(self) -> None:
         grace = self.config.commands.timeout + 2
         await self.dispatcher.drain(grace)
-        for task in [*self.tasks, *([self._rotation] if self._rotation else [])]:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait([*self.tasks, self._rotation])
         try:
             await asyncio.wait_for(self.telemetry.flush(), 3)
         except TimeoutError:

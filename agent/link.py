@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 
 from agent.config import AgentConfig
 from agent.context import Stats
+from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ class Link:
     async def stop(self, grace: float = 5.0) -> None:
         self.stopping = True
         self._lost.set()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await cancel_and_wait([self._supervisor])
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), grace)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import bridge_bulk, bridge_latency
+from bench import agent_bench, bridge_bulk, bridge_latency, dispatch_bench, router_bench
 
 BENCHMARKS = {
     "bridge_latency": lambda: bridge_latency.report(asyncio.run(bridge_latency.run())),
     "bridge_bulk": lambda: bridge_bulk.report(asyncio.run(bridge_bulk.run([1000, 10000]))),
+    "agent": lambda: agent_bench.report(asyncio.run(agent_bench.run())),
+    "router": lambda: router_bench.report(asyncio.run(router_bench.run())),
+    "dispatch": lambda: dispatch_bench.report(asyncio.run(dispatch_bench.run())),
 }
 
 

@@ -41,14 +41,15 @@ asyncio.run(main())
 """
 
 BARE_PULL = """
-import asyncio, sys, time, nats
+import asyncio, os, sys, time, nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 async def main():
     n = int(sys.argv[3]); got = 0
     nc = await nats.connect(sys.argv[1], user_credentials=sys.argv[2])
     js = nc.jetstream()
-    sub = await js.pull_subscribe("agents.*.telemetry.>", durable="bare", stream="TELEMETRY",
-                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    durable = f"bare{os.getpid()}"
+    sub = await js.pull_subscribe("agents.*.telemetry.>", durable=durable, stream="TELEMETRY",
+                                  config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
     print("ready", flush=True)
     while got < n:
         try:
@@ -59,6 +60,7 @@ async def main():
             await m.ack()
         got += len(msgs)
     print(time.time(), flush=True)
+    await js.delete_consumer("TELEMETRY", durable)
 asyncio.run(main())
 """
 
@@ -171,20 +173,39 @@ async def core_throughput(b: Bench, rules: int, n: int) -> dict[str, float]:
 
 
 async def js_throughput(b: Bench, n: int) -> dict[str, float]:
-    await b.set_rules([(f"t{i}", f'subject: "agents.*.telemetry.system"\n'
-                        f'match: "cpu_percent > {1000 + i}"\n'
-                        'actions:\n  - publish: "alerts.never"\n') for i in range(10)])
+    """n telemetry messages and then one on `agents.end...`, whose rule publishes
+    `bench.done`: the consumer handles the stream in order, so that alert means all n
+    were evaluated and acked (no /metrics polling competing with the router)."""
+    rules = [(f"t{i}", f'subject: "agents.*.telemetry.system"\n'
+              f'match: "cpu_percent > {1000 + i}"\n'
+              'actions:\n  - publish: "alerts.never"\n') for i in range(10)]
+    rules.append(("end", 'subject: "agents.end.telemetry.system"\n'
+                  'actions:\n  - publish: "bench.done"\n'))
+    await b.set_rules(rules)
+    done: asyncio.Queue[float] = asyncio.Queue()
+
+    async def on_done(msg: Any) -> None:
+        done.put_nowait(time.perf_counter())
+
+    done_sub = await b.nc.subscribe("bench.done", cb=on_done)
 
     async def publish() -> None:
         for i in range(n):
             await b.nc.publish(f"agents.d{i % 50}.telemetry.system",
                                b'{"cpu_percent": 12.5, "source": "builtin"}')
+        await b.nc.publish("agents.end.telemetry.system", b"{}")
         await b.nc.flush()
 
-    routed = await b.routed("jetstream", n, publish)
-    lost = b.lost
-    bare = await b.bare(BARE_PULL, n, publish)  # DeliverPolicy.ALL: the 2n in the stream
-    return {"bare": bare, "routed": routed, "lost": lost}
+    base = evaluated(b.port, "jetstream")
+    started = time.perf_counter()
+    await publish()
+    routed = (n + 1) / (await asyncio.wait_for(done.get(), 120) - started)
+    await done_sub.unsubscribe()
+    await asyncio.sleep(0.2)
+    counted = evaluated(b.port, "jetstream") - base
+    # the bare consumer (DeliverPolicy.NEW, subscribed before the publish) gets the same n+1
+    bare = await b.bare(BARE_PULL, n + 1, publish)
+    return {"bare": bare, "routed": routed, "lost": max(0.0, n + 1 - counted)}
 
 
 async def latency(b: Bench, samples: int) -> dict[str, float]:

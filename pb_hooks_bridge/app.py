@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from cairn_common.tasks import cancel_and_wait
 from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.bootstrap import bootstrap, load_operator
@@ -108,9 +109,7 @@ class Bridge:
 
     async def stop(self) -> None:
         self.stopping.set()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         if hasattr(self, "lanes"):
             await self.lanes.drain(grace=5.0)
         if hasattr(self, "audit"):

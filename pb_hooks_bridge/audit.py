@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,8 @@ class AuditWriter:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Flush what is queued (bounded), then stop."""
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         try:
             await asyncio.wait_for(self.flush(), grace)
         except (TimeoutError, PocketBaseError) as exc:

@@ -10,6 +10,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from cairn_common.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,4 @@ class Lanes:
         if not self.tasks:
             return
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(pending)

@@ -23,7 +23,9 @@ from cairn_common import logs
 from cairn_common.creds import CredsError, parse
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
 from cairn_common.superuser import LoginMissing, superuser_login
+from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
+from rule_router.model import Rule
 from rule_router.ruleset import RuleSet
 from rule_router.sources import DirRules, RowRules
 from rule_router.tenant import TenantRouter
@@ -65,9 +67,7 @@ class Router:
 
     async def stop(self) -> None:
         self.stopping.set()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         await asyncio.gather(*(r.stop() for r in self.tenants.values()),
                              return_exceptions=True)
         await self.http.aclose()
@@ -131,7 +131,7 @@ class Router:
         if tenant_id in self.tenants or not tenant.get("active") or tenant_id not in self.creds:
             return
         router = TenantRouter(tenant.get("slug", tenant_id), self.nats_url,
-                              lambda: self.creds[tenant_id], self.http)
+                              lambda: self.creds[tenant_id], self.http, self._suspend)
         router.ruleset = self._ruleset(tenant_id)  # before the first message is taken
         self.tenants[tenant_id] = router
         try:
@@ -144,6 +144,14 @@ class Router:
         log.info("routing tenant", extra={"tenant": router.slug})
 
     # -- rule sets ---------------------------------------------------------------------
+
+    def _suspend(self, rule: Rule, reason: str) -> None:
+        if self.files is not None and self.files.suspend(rule.source, reason):
+            self._changed(EVERY_TENANT)
+            return
+        task = asyncio.create_task(self.rows.suspend(rule.source, reason))
+        self.tasks.append(task)
+        task.add_done_callback(_log_failure)
 
     def _changed(self, tenant_id: str) -> None:
         """Coalesce: many row changes in one tick rebuild each tenant's set once."""

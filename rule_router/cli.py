@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from rule_router.errors import RuleError, TemplateError
+from rule_router.errors import RegexTimeout, RuleError, TemplateError
 from rule_router.evaluate import evaluate
 from rule_router.model import Firing, PublishOut, Rule, WebhookOut
 from rule_router.parse import load_file
@@ -80,6 +80,10 @@ def cmd_test(rule_path: str, message_path: str, subject: str | None = None,
             firing = evaluate(rule, concrete, raw, mask_env=True)
         except TemplateError as exc:
             print(f"{header}: MATCH, but an action cannot be rendered: {exc}", file=out)
+            status = 1
+            continue
+        except RegexTimeout as exc:
+            print(f"{header}: no match, the condition ran out of time: {exc}", file=out)
             status = 1
             continue
         if firing is None:

@@ -22,7 +22,12 @@ from yaml.nodes import Node, SequenceNode
 from rule_router.errors import RuleError, TemplateSyntaxError
 from rule_router.model import Condition, FieldRef, Group, parse_ref
 from rule_router.model import Node as CondNode
-from rule_router.operators import ALL_OPERATORS, ARRAY_OPERATORS, UNARY_OPERATORS
+from rule_router.operators import (
+    ALL_OPERATORS,
+    ARRAY_OPERATORS,
+    UNARY_OPERATORS,
+    compile_regex,
+)
 from rule_router.templates import check_variable
 from rule_router.yamlnodes import line, literal, mapping, string
 
@@ -118,8 +123,8 @@ def _leaf(node: Node, what: str, subject: str, depth: int) -> Condition:
     if op == "regex":
         pattern = string(value_node, f"{what}.value", empty_ok=True)
         try:
-            return Condition(field, op, re.compile(pattern))
-        except (re.error, OverflowError, RecursionError) as exc:
+            return Condition(field, op, compile_regex(pattern))
+        except ValueError as exc:
             raise RuleError(f"{what}: invalid regular expression: {exc}",
                             line(value_node)) from None
     value = literal(value_node)

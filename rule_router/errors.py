@@ -62,5 +62,10 @@ class TemplateError(RouterError):
     variable, or a result that is not a valid NATS subject. Counted by the caller."""
 
 
+class RegexTimeout(RouterError):
+    """A `regex`/`matches` condition ran past its time limit on one message (a pattern
+    with catastrophic backtracking); the condition counts as not matched."""
+
+
 class ActionError(RouterError):
     """An action failed in a way its caller must handle (e.g. NATS refused the publish)."""

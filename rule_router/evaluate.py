@@ -25,13 +25,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from rule_router.errors import TemplateError
+from rule_router.errors import RegexTimeout, RouterError, TemplateError
 from rule_router.model import (
     MISSING,
-    Condition,
-    FieldRef,
     Firing,
-    Group,
     Node,
     Out,
     PublishAction,
@@ -40,9 +37,9 @@ from rule_router.model import (
     WebhookAction,
     WebhookOut,
 )
-from rule_router.operators import ARRAY_OPERATORS, OPERATORS, equal
+from rule_router.predicates import compile_condition
 from rule_router.subjects import subject_matches
-from rule_router.templates import Context, encode, render, resolve
+from rule_router.templates import Context, encode, render
 from rule_router.throttle import Throttle
 
 
@@ -50,7 +47,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-@dataclass(frozen=True)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # json.loads builds one per call
+
+
+@dataclass(slots=True)
 class Message:
     """A payload decoded once: `data` is the JSON value (MISSING when not JSON) and `raw`
     the bytes as received (what pass-through actions send)."""
@@ -67,47 +67,19 @@ def decode(payload: bytes | str | Any) -> Message:
     if isinstance(payload, bytes | bytearray | memoryview | str):
         raw = payload.encode() if isinstance(payload, str) else bytes(payload)
         try:
-            return Message(json.loads(raw, parse_constant=_reject_constant), raw)
+            # what json.loads does with bytes, minus its encoding sniffing for the usual case
+            utf8 = raw[:1] == b"{" and raw[1:2] != b"\x00"
+            text = raw.decode("utf-8" if utf8 else json.detect_encoding(raw), "surrogatepass")
+            return Message(_DECODER.decode(text), raw)
         except (ValueError, RecursionError):
             return Message(MISSING, raw)
     return Message(payload, json.dumps(payload, separators=(",", ":")).encode())
 
 
 def matches(node: Node, ctx: Context, root: Any = MISSING) -> bool:
-    """Evaluate a condition tree; `root` (default: the message) is what paths start from."""
-    if isinstance(node, Group):
-        if node.operator == "and":
-            return all(matches(item, ctx, root) for item in node.items)
-        if node.operator == "or":
-            return any(matches(item, ctx, root) for item in node.items)
-        return not all(matches(item, ctx, root) for item in node.items)
-    actual = resolve(node.field, ctx, root)
-    op = node.operator
-    if op in ARRAY_OPERATORS:
-        return _array(node, actual, ctx)
-    if actual is MISSING and op != "not_exists":
-        return False
-    expected = node.value
-    if isinstance(expected, FieldRef):
-        expected = resolve(expected, ctx, root)
-        if expected is MISSING:
-            return False
-    return OPERATORS[op](actual, expected)
-
-
-def _array(node: Condition, actual: Any, ctx: Context) -> bool:
-    if not isinstance(actual, list):
-        return False
-    sub = node.value
-    if isinstance(sub, Condition | Group):
-        results = (matches(sub, ctx, element) for element in actual)
-    else:
-        results = (equal(element, sub) for element in actual)
-    if node.operator == "any":
-        return any(results)
-    if node.operator == "all":
-        return all(results)
-    return not any(results)
+    """Evaluate a condition tree; `root` (default: the message) is what paths start from.
+    Rules carry their tree compiled (`Rule.predicate`); this compiles it on the spot."""
+    return compile_condition(node)(ctx, root)
 
 
 def evaluate(rule: Rule, subject: str, payload: bytes | str | Any, *,
@@ -127,7 +99,8 @@ def _fire(rule: Rule, subject: str, decoded: Message, ctx: Context,
           throttle: Throttle | None) -> Firing | None:
     message, raw = decoded.data, decoded.raw
     if rule.condition is not None:
-        if not isinstance(message, dict) or not matches(rule.condition, ctx):
+        test = rule.predicate or compile_condition(rule.condition)
+        if not isinstance(message, dict) or not test(ctx, MISSING):
             return None
     if throttle is not None and not throttle.allow((rule.id, subject), rule.throttle):
         return None
@@ -141,22 +114,23 @@ def _fire(rule: Rule, subject: str, decoded: Message, ctx: Context,
 def evaluate_many(rules: Iterable[Rule], subject: str, payload: bytes | str | Any, *,
                   now: datetime | None = None, env: Mapping[str, str] | None = None,
                   throttle: Throttle | None = None, indexed: bool = False,
-                  ) -> tuple[list[Firing], list[tuple[Rule, TemplateError]]]:
+                  ) -> tuple[list[Firing], list[tuple[Rule, RouterError]]]:
     """Evaluate several rules (e.g. `SubjectIndex.match(subject)`) on one message, decoding
     it once and building one context. `indexed`: the rules came from a SubjectIndex match,
     so their subject filters need no second check. Returns the firings and, separately,
-    the rules whose actions failed to render (one rule's error never stops the others)."""
+    the rules that failed: actions that could not be rendered, or a regular expression
+    past its time limit (one rule's error never stops the others)."""
     message = decode(payload)
     ctx = Context(message.data, subject, now or datetime.now(UTC),
                   env if env is not None else os.environ, False)
     firings: list[Firing] = []
-    errors: list[tuple[Rule, TemplateError]] = []
+    errors: list[tuple[Rule, RouterError]] = []
     for rule in rules:
         if not indexed and not subject_matches(rule.subject, subject):
             continue
         try:
             firing = _fire(rule, subject, message, ctx, throttle)
-        except TemplateError as exc:
+        except (TemplateError, RegexTimeout) as exc:
             errors.append((rule, exc))
             continue
         if firing is not None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from rule_router.errors import ExpressionError, TemplateSyntaxError
 from rule_router.model import Condition, Group, Node, scan_ref
+from rule_router.operators import compile_regex
 
 MAX_DEPTH = 64
 _HEX4 = re.compile(r"[0-9a-fA-F]{4}")
@@ -303,10 +304,10 @@ class _Parser:
             raise ExpressionError("a comparison needs a field on one side", rtok.pos + 1)
         return Condition(right, _MIRROR[op], left)
 
-    def _regex(self) -> re.Pattern[str]:
+    def _regex(self) -> Any:
         tok = self.expect("STR", "a quoted regular expression after 'matches'")
         try:
-            return re.compile(tok.value)
-        except (re.error, OverflowError, RecursionError, ValueError) as exc:
+            return compile_regex(tok.value)
+        except ValueError as exc:
             raise ExpressionError(f"invalid regular expression: {exc}", tok.pos + 1) from None
 

@@ -9,8 +9,8 @@ nodes (`and`, `or`, `not` — `not` negates the AND of its items). Rendered acti
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rule_router.errors import TemplateSyntaxError
@@ -208,6 +208,9 @@ class Rule:
     line: int = 1
     source: str = ""
     match: str | None = None
+    # `condition` compiled (predicates.compile_condition); set by the parser
+    predicate: Callable[[Any, Any], bool] | None = field(default=None, compare=False,
+                                                         repr=False)
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -17,10 +17,12 @@ is false, `all` and `none` are true.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
+import regex as regex_module
+
+from rule_router.errors import RegexTimeout
 from rule_router.model import MISSING
 
 Operator = Callable[[Any, Any], bool]
@@ -121,12 +123,35 @@ def not_exists(actual: Any, expected: Any = None) -> bool:
     return actual is MISSING
 
 
+# A pattern with catastrophic backtracking must not stall every tenant's router: each
+# search runs under a time limit (the `regex` module can stop a search; `re` cannot).
+REGEX_TIMEOUT = 0.02  # seconds per search
+MAX_PATTERN = 1000  # characters
+
+
+def compile_regex(pattern: str) -> Any:
+    """Compile a rule's pattern (Python `re` syntax); ValueError says what is wrong."""
+    if len(pattern) > MAX_PATTERN:
+        raise ValueError(f"pattern is {len(pattern)} characters long (limit {MAX_PATTERN})")
+    try:
+        return regex_module.compile(pattern)
+    except (regex_module.error, OverflowError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def regex(actual: Any, expected: Any) -> bool:
-    """`re.search` (anywhere in the string; anchor with ^…$); strings only."""
+    """Search anywhere in the string (anchor with ^…$); strings only. Raises RegexTimeout
+    past REGEX_TIMEOUT."""
     if not isinstance(actual, str):
         return False
-    pattern = expected if isinstance(expected, re.Pattern) else re.compile(str(expected))
-    return pattern.search(actual) is not None
+    pattern = expected if isinstance(expected, regex_module.Pattern) else compile_regex(
+        getattr(expected, "pattern", str(expected)))
+    try:
+        return pattern.search(actual, timeout=REGEX_TIMEOUT) is not None
+    except TimeoutError:
+        raise RegexTimeout(f"regular expression {pattern.pattern!r} took longer than "
+                           f"{REGEX_TIMEOUT * 1000:.0f} ms on a {len(actual)}-character "
+                           "value") from None
 
 
 OPERATORS: dict[str, Operator] = {

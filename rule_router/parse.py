@@ -35,6 +35,7 @@ from rule_router.model import (
     Rule,
     WebhookAction,
 )
+from rule_router.predicates import compile_condition
 from rule_router.subjects import filter_error
 from rule_router.templates import Template, compile_template
 from rule_router.yamlnodes import (
@@ -136,7 +137,8 @@ def _rule(node: Node, index: int, source: str, env: Mapping[str, str] | None) ->
     throttle = duration(m["throttle"][1], "throttle") if "throttle" in m else None
     return Rule(id=f"{source}#{index}", name=name, subject=subject, condition=condition,
                 actions=actions, throttle=throttle, line=line(node), source=source,
-                match=match_text)
+                match=match_text,
+                predicate=None if condition is None else compile_condition(condition))
 
 
 # ----------------------------------------------------------------------------- actions

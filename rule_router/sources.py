@@ -73,6 +73,19 @@ class RowRules:
         self.on_change(tenant_id)
         self._gauge()
 
+    async def suspend(self, row_id: str, reason: str) -> None:
+        """Take a row's rules out until the row is edited (or disabled and enabled)."""
+        for tenant_id, by_row in self.good.items():
+            if by_row.pop(row_id, None) is not None:
+                self.on_change(tenant_id)
+                break
+        else:
+            return
+        self.invalid.add(row_id)
+        self._gauge()
+        log.error("rule suspended", extra={"rule": row_id, "error": reason})
+        await self._report({"id": row_id}, "invalid", reason)
+
     async def _report(self, row: dict[str, Any], status: str, error: str) -> None:
         if row.get("status") == status and (row.get("error") or "") == error:
             return
@@ -123,3 +136,12 @@ class DirRules:
                           extra={"file": where, "error": str(exc)})
         self.stamps = files
         return changed
+
+    def suspend(self, source: str, reason: str) -> bool:
+        """Take a file's rules out until the file changes; False if not one of ours."""
+        for key, rules in self.good.items():
+            if rules and rules[0].source == source:
+                del self.good[key]
+                log.error("rules file suspended", extra={"file": key, "error": reason})
+                return True
+        return False

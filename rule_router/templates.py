@@ -45,7 +45,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MASK = "***"
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """What a template or condition can see: the decoded message (MISSING when it is not
     JSON), the concrete subject, the clock and the environment."""
@@ -55,10 +55,14 @@ class Context:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     env: Mapping[str, str] = field(default_factory=dict)
     mask_env: bool = False
+    _tokens: list[str] | None = field(default=None, init=False, repr=False)
+    _uuid: str | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.tokens = self.subject.split(".")
-        self._uuid: str | None = None
+    @property
+    def tokens(self) -> list[str]:
+        if self._tokens is None:  # most messages never need them
+            self._tokens = self.subject.split(".")
+        return self._tokens
 
     @property
     def uuid(self) -> str:

@@ -22,11 +22,12 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cairn_common.natsauth import connect_options
+from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
 from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
-from rule_router.errors import ActionError
+from rule_router.errors import ActionError, RegexTimeout
 from rule_router.evaluate import evaluate_many
-from rule_router.model import Firing, PublishOut
+from rule_router.model import Firing, PublishOut, Rule
 from rule_router.ruleset import TELEMETRY, RuleSet
 from rule_router.subjects import subject_matches
 from rule_router.throttle import Throttle
@@ -40,12 +41,17 @@ ACK_WAIT = 30.0  # seconds; a webhook in progress extends it (in_progress) per a
 FETCH = 100
 CONCURRENCY = 64
 LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
+STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
+
+Suspend = Callable[[Rule, str], None]
 
 
 class TenantRouter:
     def __init__(self, slug: str, nats_url: str, creds: Callable[[], tuple[str, str]],
-                 http: httpx.AsyncClient) -> None:
+                 http: httpx.AsyncClient, on_suspend: Suspend | None = None) -> None:
         self.slug = slug
+        self.on_suspend = on_suspend
+        self.strikes: dict[str, int] = {}  # rule source -> regex time-outs
         self.nats_url = nats_url
         self.creds = creds
         self.http = http
@@ -58,6 +64,7 @@ class TenantRouter:
         self.inflight: set[asyncio.Task[Any]] = set()
         self._subscribing = asyncio.Lock()
         self._count = 0
+        self._closing = False
 
     async def start(self) -> None:
         async def on_error(exc: Exception) -> None:
@@ -73,15 +80,15 @@ class TenantRouter:
     def swap(self, ruleset: RuleSet) -> None:
         """Atomic: in-flight evaluations keep the set they started with."""
         self.ruleset = ruleset
+        self.strikes.clear()
         if self.nc is not None:
             task = asyncio.create_task(self._resubscribe())
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
 
     async def stop(self, grace: float = 2.0) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._closing = True  # the consume loop also ends on its own within a fetch
+        await cancel_and_wait(self.tasks)
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=grace)
         if self.nc is not None and not self.nc.is_closed:
@@ -114,7 +121,7 @@ class TenantRouter:
         assert self.nc is not None
         js = self.nc.jetstream(timeout=10)
         sub = None
-        while True:
+        while not self._closing:
             try:
                 if sub is None:
                     sub = await js.pull_subscribe(
@@ -133,18 +140,27 @@ class TenantRouter:
                 sub = None
                 await asyncio.sleep(1)
                 continue
-            for i, msg in enumerate(msgs):
-                try:
-                    # evaluated inline (cheap); only webhooks, which may retry for seconds,
-                    # get their own task so they never hold up the stream
-                    firings = self.evaluate(msg, "jetstream")
-                    if any(not isinstance(o, PublishOut) for f in firings for o in f.actions):
-                        await self._spawn_finish(msg, firings)
-                    else:
-                        await self.finish(msg, "jetstream", firings)
-                except asyncio.CancelledError:
-                    await _nak_all(msgs[i + 1:])  # hand them back now, not after the ack wait
-                    raise
+            await self._handle_batch(msgs)
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Evaluate inline, in order (cheap); only webhooks, which may retry for seconds,
+        get their own task so they never hold up the stream."""
+        done = 0
+        try:
+            for msg in msgs:
+                firings = self.evaluate(msg)
+                done += 1
+                if not firings:
+                    await msg.ack()
+                elif any(not isinstance(o, PublishOut) for f in firings for o in f.actions):
+                    await self._spawn_finish(msg, firings)
+                else:
+                    await self.finish(msg, "jetstream", firings)
+        except asyncio.CancelledError:
+            await _nak_all(msgs[done:])  # hand them back now, not after the ack wait
+            raise
+        finally:
+            _EVALUATED["jetstream"].inc(done)  # one counter update per batch
 
     async def _spawn_finish(self, msg: Msg, firings: list[Firing]) -> None:
         await self._bounded(self.finish(msg, "jetstream", firings))
@@ -163,12 +179,12 @@ class TenantRouter:
     # -- evaluate and act ---------------------------------------------------------------
 
     async def handle(self, msg: Msg, path: str) -> None:
-        await self.finish(msg, path, self.evaluate(msg, path))
+        _EVALUATED[path].inc()
+        await self.finish(msg, path, self.evaluate(msg))
 
-    def evaluate(self, msg: Msg, path: str) -> list[Firing]:
+    def evaluate(self, msg: Msg) -> list[Firing]:
         ruleset = self.ruleset  # one consistent set for this message
         rules = ruleset.index.match(msg.subject)
-        _EVALUATED[path].inc()
         if not rules:
             return []  # nothing to evaluate: not even a JSON decode
         self._count += 1
@@ -180,9 +196,24 @@ class TenantRouter:
             metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
         for rule, exc in errors:
             metrics.RUNTIME_ERRORS.inc()
+            if isinstance(exc, RegexTimeout):
+                self._strike(rule, exc)
+                continue
             log.warning("rule could not render its actions",
                         extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
         return firings
+
+    def _strike(self, rule: Rule, exc: RegexTimeout) -> None:
+        """A regex that keeps running out of time costs every tenant on this router up
+        to REGEX_TIMEOUT per message: after STRIKES its rules are taken out."""
+        count = self.strikes[rule.source] = self.strikes.get(rule.source, 0) + 1
+        log.warning("rule's regular expression ran out of time; counted as no match",
+                    extra={"tenant": self.slug, "rule": rule.name, "strikes": count,
+                           "error": str(exc)})
+        if count == STRIKES and self.on_suspend is not None:
+            self.on_suspend(rule, f"suspended after {STRIKES} messages: rule {rule.name!r} "
+                            f"(line {rule.line}): {exc}. Edit the rule (or disable and "
+                            "enable it) to load it again.")
 
     async def finish(self, msg: Msg, path: str, firings: list[Firing]) -> None:
         """Act, then ack (JetStream); a cancelled or failed run hands the message back."""

@@ -125,3 +125,13 @@ def test_check(files):
     assert lines[0] == f"{files / 'fixed.yaml'}: ok (1 rule)"
     assert lines[1].startswith(f"{files / 'bad.yaml'}:3: match: expected a field or a value")
     assert lines[2].startswith(f"{files / 'x.yaml'}: cannot read")
+
+
+def test_test_regex_running_out_of_time_is_exit_1(files):
+    (files / "slow.yaml").write_text(
+        "subject: a.b\nmatch: \"host matches '^(a|aa)+$'\"\nactions: [{publish: x}]\n")
+    (files / "slow.json").write_text('{"host": "' + "a" * 80 + '!"}')
+    r = run("test", str(files / "slow.yaml"), str(files / "slow.json"))
+    assert r.returncode == 1
+    assert "no match, the condition ran out of time" in r.stdout
+    assert "took longer than 20 ms" in r.stdout

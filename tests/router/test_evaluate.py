@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from rule_router.errors import TemplateError
+from rule_router.errors import RegexTimeout, TemplateError
 from rule_router.evaluate import Message, decode, evaluate, evaluate_many
 from rule_router.model import MISSING
 from rule_router.parse import parse_rules
@@ -144,3 +145,27 @@ def test_lone_surrogates_in_messages_still_give_valid_bytes():
     r = rule("actions:\n  - publish: out.a\n    payload: '{\"n\": \"{name}\"}'\n")
     (out,) = evaluate(r, SUBJECT, b'{"name": "\\ud800x"}').actions
     assert json.loads(out.payload) == {"n": "\ud800x"}
+
+
+CATASTROPHIC = "^(a|aa)+$"  # exponential backtracking in a backtracking engine
+HOSTILE = {"host": "a" * 80 + "!"}
+
+
+def test_a_regex_past_its_time_limit_is_an_error_of_that_rule_only():
+    rules = parse_rules(f"""
+- name: slow
+  match: "host matches '{CATASTROPHIC}'"
+  actions: [{{publish: out.slow}}]
+- name: fine
+  match: "host matches '^a+!$'"
+  actions: [{{publish: out.fine}}]
+""", "row", {})
+    started = time.perf_counter()
+    firings, errors = evaluate_many(rules, SUBJECT, json.dumps(HOSTILE).encode())
+    assert time.perf_counter() - started < 1  # bounded: REGEX_TIMEOUT, not minutes
+    assert [f.rule.name for f in firings] == ["fine"]
+    assert [(r.name, type(e)) for r, e in errors] == [("slow", RegexTimeout)]
+    assert "took longer than 20 ms on a 81-character value" in str(errors[0][1])
+    # ordinary input is matched as usual by the same pattern
+    firings, errors = evaluate_many(rules, SUBJECT, b'{"host": "aaaa"}')
+    assert [f.rule.name for f in firings] == ["slow"] and errors == []

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rule_router.evaluate import matches
 from rule_router.model import MISSING, Condition, parse_ref
-from rule_router.operators import ALL_OPERATORS, OPERATORS
+from rule_router.operators import ALL_OPERATORS, OPERATORS, compile_regex
 from rule_router.templates import Context
 
 CASES = [
@@ -81,10 +81,10 @@ CASES = [
     ("exists", MISSING, None, False),
     ("not_exists", MISSING, None, True),
     ("not_exists", None, None, False),
-    ("regex", "web-01", re.compile(r"^web-\d+$"), True),
-    ("regex", "xweb-01", re.compile(r"web"), True),  # search, not fullmatch
-    ("regex", "db-01", re.compile(r"^web"), False),
-    ("regex", 5, re.compile(r"5"), False),
+    ("regex", "web-01", compile_regex(r"^web-\d+$"), True),
+    ("regex", "xweb-01", compile_regex(r"web"), True),  # search, not fullmatch
+    ("regex", "db-01", compile_regex(r"^web"), False),
+    ("regex", 5, compile_regex(r"5"), False),
     ("regex", "abc", "b", True),  # an uncompiled pattern works too
 ]
 
@@ -105,7 +105,7 @@ def _eval(op, message, value=None, path="x"):
 
 @pytest.mark.parametrize("op", sorted(set(OPERATORS) - {"not_exists"}))
 def test_missing_field_is_false_for_every_operator_but_not_exists(op):
-    value = re.compile("a") if op == "regex" else ["a"] if op in ("in", "not_in") else "a"
+    value = compile_regex("a") if op == "regex" else ["a"] if op in ("in", "not_in") else "a"
     assert _eval(op, {"y": 1}, value) is False
     assert _eval("not_exists", {"y": 1}) is True
 
@@ -155,3 +155,23 @@ def test_comparing_with_another_field():
     assert not matches(Condition(parse_ref("used"), "gt", parse_ref("nope")), ctx)
     assert not matches(Condition(parse_ref("used"), "neq", parse_ref("nope")), ctx)
     assert not matches(Condition(parse_ref("used"), "eq", parse_ref("name")), ctx)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5),
+                     st.floats(-5, 5, allow_nan=False), st.sampled_from(["", "a", "b", "5"]))
+_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3))
+
+
+@settings(max_examples=600, deadline=None)
+@given(op=st.sampled_from(sorted(set(OPERATORS) - {"regex"})), actual=_VALUES,
+       expected=_VALUES, path=st.sampled_from(["x", "a.x", "a[0]"]))
+def test_compiled_conditions_agree_with_the_operator_table(op, actual, expected, path):
+    """Rules run compiled (predicates.py, with shortcuts for literal comparisons); they
+    must decide exactly as the operator table does, for any types on either side."""
+    message = {"x": actual, "a": {"x": actual}} if path != "a[0]" else {"a": [actual]}
+    if op in ("in", "not_in") and not isinstance(expected, list | str):
+        expected = [expected]
+    want = OPERATORS[op](actual, tuple(expected) if isinstance(expected, list) else expected)
+    value = tuple(expected) if isinstance(expected, list) else expected
+    assert _eval(op, message, value, path) is want
+    assert _eval(op, {"y": actual}, value, path) is (op == "not_exists")

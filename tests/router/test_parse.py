@@ -135,6 +135,8 @@ BAD = [
     ("actions: {publish: a}\ntrigger: {nats: {subj: b}}\n", 2, "unknown key 'subj'"),
     ("actions: {publish: a}\n\nmatch: 'a >'\n", 3, "(column 4)"),
     ("actions: {publish: a}\nmatch: \"a matches '('\"\n", 2, "invalid regular expression"),
+    ("actions: {publish: a}\nmatch: \"a matches '" + "x" * 1001 + "'\"\n", 2,
+     "1001 characters long (limit 1000)"),
     ("actions: {publish: a}\nmatch: '@subject.7 == 1'\nsubject: a.b\n", 2, "only 2 tokens"),
     ("actions: {publish: a}\nmatch: '@bogus == 1'\n", 2, "unknown variable"),
     ("actions: {publish: a}\nmatch: 'a == 1'\nconditions: {items: []}\n", 3, "either"),
@@ -146,6 +148,8 @@ BAD = [
      "value: 1}\n", 4, "unknown operator 'bigger'"),
     ("actions: {publish: a}\nconditions:\n  items:\n    - field: a\n      operator: regex\n"
      "      value: '('\n", 6, "invalid regular expression"),
+    ("actions: {publish: a}\nconditions:\n  items:\n    - field: a\n      operator: regex\n"
+     "      value: '" + "y" * 1200 + "'\n", 6, "limit 1000"),
     ("actions: {publish: a}\nconditions:\n  items:\n    - field: a\n      operator: exists\n"
      "      value: 1\n", 6, "exists takes no value"),
     ("actions: {publish: a}\nconditions:\n  items:\n    - field: '{a'\n      operator: exists\n",

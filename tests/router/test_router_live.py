@@ -203,3 +203,32 @@ async def test_restart_mid_stream_processes_every_message(harness, admin, pb_env
 
 async def _count(bucket, n):
     return len(bucket) >= n
+
+
+async def test_a_regex_that_keeps_running_out_of_time_is_suspended_until_edited(harness, admin):
+    slow = ('subject: "agents.*.telemetry.rx"\n'
+            "match: \"host matches '^(a|aa)+$'\"\n"
+            'actions:\n  - publish: "alerts.rx.slow"\n')
+    row = await _rule(admin, harness.tenant, slow)
+    fine = await _rule(admin, harness.tenant, 'subject: "agents.*.telemetry.rx"\n'
+                                              'actions:\n  - publish: "alerts.rx.fine"\n')
+    await eventually(lambda: _status(admin, row["id"], "valid"), 5)
+    await eventually(lambda: _status(admin, fine["id"], "valid"), 5)
+    slow_alerts = await _collect(harness.svc, "alerts.rx.slow")
+    fine_alerts = await _collect(harness.svc, "alerts.rx.fine")
+    for _ in range(4):  # each one costs the slow rule its 20 ms budget
+        await _telemetry(harness.svc, "d1", {"host": "a" * 80 + "!"}, kind="rx")
+    suspended = await eventually(lambda: _status(admin, row["id"], "invalid"), 5)
+    assert "suspended after 3 messages" in suspended["error"]
+    assert "took longer than 20 ms" in suspended["error"]
+    await eventually(lambda: _count(fine_alerts, 4), 5, "the other rule saw every message")
+    await _telemetry(harness.svc, "d1", {"host": "aaaa"}, kind="rx")
+    await eventually(lambda: _count(fine_alerts, 5), 5)
+    assert slow_alerts == []  # suspended: not evaluated even on harmless input
+    # an edit loads it again
+    await admin.update("rules", row["id"], {"yaml": slow.replace("(a|aa)+", "a+")})
+    await eventually(lambda: _status(admin, row["id"], "valid"), 5)
+    await _telemetry(harness.svc, "d1", {"host": "aaaa"}, kind="rx")
+    await eventually(lambda: _count(slow_alerts, 1), 5, "the edited rule fires")
+    for r in (row, fine):
+        await admin.update("rules", r["id"], {"enabled": False})
