@@ -1,9 +1,13 @@
-"""Which subjects the router subscribes to for a rule set."""
+"""Rule sets (which subjects the router subscribes to) and the rules-directory source."""
 
 from __future__ import annotations
 
+import os
+import time
+
 from rule_router.parse import parse_rules
 from rule_router.ruleset import MAX_EXACT, RuleSet
+from rule_router.sources import DirRules
 
 
 def _set(subjects: list[str]) -> RuleSet:
@@ -26,3 +30,22 @@ def test_the_index_still_picks_the_exact_rules():
     rules = _set([f"metrics.s{i}" for i in range(100)])
     assert [r.subject for r in rules.index.match("metrics.s7")] == ["metrics.s7"]
     assert rules.index.match("metrics.other") == []
+
+
+def test_rules_dir_reloads_changed_files_and_keeps_a_suspended_file_out_until_it_changes(
+        tmp_path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text("subject: a.b\nactions: [{publish: x}]\n")
+    (tmp_path / "broken.yaml").write_text("subject: [\n")
+    files = DirRules(tmp_path)
+    assert files.reload() is True
+    assert list(files.good) == [str(path)]  # the broken file is logged, not loaded
+    assert files.reload() is False  # nothing changed
+    assert files.suspend("nope.yaml", "x") is False
+    assert files.suspend("cpu.yaml", "regex ran out of time") is True
+    assert files.good == {}
+    assert files.reload() is False  # still out: the file has not changed
+    path.write_text("subject: a.c\nactions: [{publish: x}]\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert files.reload() is True
+    assert [r.subject for r in files.good[str(path)]] == ["a.c"]
