@@ -15,12 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats
+
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.events import EventRouter
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.permissions import RoleError, validate_role
-from pb_hooks_bridge.pusher import Pusher
+from pb_hooks_bridge.pusher import Pusher, PushError
 from pb_hooks_bridge.roles import RoleBook
 from pb_hooks_bridge.tenants import Tenants
 
@@ -106,6 +108,13 @@ class Reconciler:
         known |= {r["public_key"] for r in rows}
         system = self.pusher.system_account
         orphans = [k for k in await self.pusher.list_accounts() if k not in known and k != system]
+        for public_key in orphans:
+            try:
+                await self.tenants.purge_orphan(public_key, {"account": public_key,
+                                                             "orphan": True})
+            except (nats.errors.Error, OSError, TimeoutError, PushError) as exc:
+                log.warning("could not delete an orphan account's streams; they stay on disk",
+                            extra={"account": public_key, "error": str(exc)})
         if orphans:
             await self.pusher.delete(orphans)
             for _ in orphans:

@@ -21,7 +21,8 @@ from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.limits import LimitsError
 from pb_hooks_bridge.links import TenantLinks
-from pb_hooks_bridge.pusher import Pusher
+from pb_hooks_bridge.orphans import purge_account_streams
+from pb_hooks_bridge.pusher import Pusher, PushError
 
 log = logging.getLogger(__name__)
 
@@ -93,37 +94,45 @@ class Tenants:
 
     async def _delete(self, tenant: dict[str, Any]) -> str:
         account = self.accounts.forget(tenant["id"])
-        await self._purge_streams(tenant)
-        await self.links.close(tenant["id"])
         public_key = tenant.get("nats_account_public_key") or (
             account.public_key if account else "")
+        await self._purge_streams(tenant, public_key)
+        await self.links.close(tenant["id"])
         if not public_key:
             return "unchanged"
         if account is not None:  # drop live connections before the JWT disappears
             account.active = False
+            account.server_checked = False  # a cleanup JWT may have gone out meanwhile
             await self.pusher.push(account)
         await self.pusher.delete([public_key])
         self.audit.record("account.deleted", None, f"tenants/{tenant.get('slug')}",
                           {"public_key": public_key, "tenant_id": tenant["id"]})
         return "deleted"
 
-    async def _purge_streams(self, tenant: dict[str, Any]) -> None:
+    async def _purge_streams(self, tenant: dict[str, Any], public_key: str) -> None:
         """Delete the tenant's streams while its account still exists: data on disk of an
         account gone from the resolver would otherwise stay forever."""
+        details = {"tenant": tenant.get("slug"), "tenant_id": tenant["id"]}
         nc = self.links.conns.get(tenant["id"])
-        if nc is None or nc.is_closed:
-            log.warning("tenant deleted without a live link; its streams stay on disk",
-                        extra={"tenant": tenant.get("slug")})
-            return
-        js = nc.jetstream(timeout=5)
         try:
+            if nc is None or nc.is_closed:
+                if public_key:
+                    await self.purge_orphan(public_key, details)
+                return
+            js = nc.jetstream(timeout=5)
             for info in await js.streams_info():
                 await js.delete_stream(info.config.name)
                 self.audit.record("stream.deleted", None, f"streams/{info.config.name}",
-                                  {"tenant": tenant.get("slug"), "tenant_id": tenant["id"]})
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("could not delete the tenant's streams",
-                        extra={"tenant": tenant.get("slug"), "error": str(exc)})
+                                  details)
+        except (nats.errors.Error, OSError, TimeoutError, PushError) as exc:
+            log.warning("could not delete the tenant's streams; they stay on disk",
+                        extra={**details, "error": str(exc)})
+
+    async def purge_orphan(self, public_key: str, details: dict[str, Any]) -> None:
+        """Streams of an account the bridge has no link into (see orphans.py)."""
+        for name in await purge_account_streams(self.pusher, self.links.nats_url,
+                                                public_key):
+            self.audit.record("stream.deleted", None, f"streams/{name}", details)
 
     async def ensure_service_users(self, account: Account) -> None:
         rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')

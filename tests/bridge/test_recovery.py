@@ -90,3 +90,47 @@ async def _issued(admin, device_id):
 
 async def _closed(nc):
     return nc.is_closed
+
+
+async def test_tenants_deleted_while_the_bridge_is_away_leave_no_data_behind(
+        bridge, admin, nats_env):
+    """On start the bridge finds their accounts orphaned: it deletes their streams (with
+    only the operator key: the account seeds went with the rows), then the accounts. One
+    of them was deactivated first, so its JWT forbade every connection."""
+    active = await account_ready(admin, await new_tenant(admin))
+    inactive = await account_ready(admin, await new_tenant(admin))
+    keys = [t["nats_account_public_key"] for t in (active, inactive)]
+    store = nats_env.layout.nats_store_dir / "jetstream"
+
+    async def streams_on_disk() -> bool:
+        return all((store / key / "streams" / "TELEMETRY").exists() for key in keys)
+
+    await eventually(streams_on_disk, 10, "both tenants' TELEMETRY streams on disk")
+    await admin.update("tenants", inactive["id"], {"active": False})
+
+    async def deactivated() -> bool:
+        token = await bridge.bridge.pusher.lookup(keys[1])
+        return natsjwt.decode(token)["nats"]["limits"]["conn"] == 0
+
+    await eventually(deactivated, 10, "deactivation pushed")
+    await bridge.stop()
+    try:
+        for tenant in (active, inactive):
+            await admin.delete("tenants", tenant["id"])
+    finally:
+        await bridge.start()
+
+    async def gone() -> bool:
+        listed = await bridge.bridge.pusher.list_accounts()
+        return not any(key in listed for key in keys)
+
+    await eventually(gone, 15, "orphan accounts removed from the resolver")
+    for key in keys:
+        assert not (store / key / "streams" / "TELEMETRY").exists(), key
+
+    async def audited() -> bool:
+        rows = await admin.list("audit_log", filter='action = "stream.deleted"')
+        return set(keys) <= {r["details"].get("account") for r in rows
+                             if r["details"].get("orphan")}
+
+    await eventually(audited, 5, "each purge in the audit log")
