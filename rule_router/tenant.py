@@ -87,8 +87,12 @@ class TenantRouter:
             task.add_done_callback(self.inflight.discard)
 
     async def stop(self, grace: float = 2.0) -> None:
-        self._closing = True  # the consume loop also ends on its own within a fetch
-        await cancel_and_wait(self.tasks)
+        # The consume loop ends on its own after the batch in hand (a fetch waits at most
+        # 1 s): messages already delivered get handled and acked, not left to come back
+        # after the ack wait. Only a loop stuck longer than `grace` is cancelled.
+        self._closing = True
+        _, stuck = await asyncio.wait(self.tasks, timeout=grace) if self.tasks else ((), ())
+        await cancel_and_wait(stuck)
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=grace)
         if self.nc is not None and not self.nc.is_closed:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import httpx
+import nats
 import pytest
 import respx
 
@@ -176,7 +177,8 @@ async def test_tenants_never_see_each_others_messages(harness, admin, nats_env):
         await nc_b.close()
 
 
-async def test_restart_mid_stream_processes_every_message(harness, admin, pb_env, nats_env):
+async def test_stop_and_restart_mid_stream_processes_every_message(harness, admin, pb_env,
+                                                                 nats_env):
     text = ('subject: "agents.*.telemetry.inventory"\n'
             'actions:\n  - publish: "alerts.inv"\n    payload: \'{"n": {n}}\'\n')
     row = await _rule(admin, harness.tenant, text)
@@ -184,7 +186,7 @@ async def test_restart_mid_stream_processes_every_message(harness, admin, pb_env
     got = await _collect(harness.svc, "alerts.inv")
     for n in range(50):
         await _telemetry(harness.svc, "d1", {"n": n}, kind="inventory")
-    await harness.router.stop()  # mid-stream: some messages are not processed or acked yet
+    await harness.router.stop()  # a clean stop mid-stream (a SIGKILL: test_router_crash.py)
     for n in range(50, 100):
         await _telemetry(harness.svc, "d1", {"n": n}, kind="inventory")
     http, hooks = _mock_http()
@@ -197,7 +199,8 @@ async def test_restart_mid_stream_processes_every_message(harness, admin, pb_env
     async def complete():
         return {a["n"] for a in got} >= set(range(100))
 
-    # unacked messages come back at the latest after the consumer's ack wait (30 s)
+    # a clean stop finishes the batch in hand; anything unacked would come back after the
+    # consumer's ack wait (30 s)
     await eventually(complete, 90, "every message processed at least once")
 
 
@@ -232,3 +235,34 @@ async def test_a_regex_that_keeps_running_out_of_time_is_suspended_until_edited(
     await eventually(lambda: _count(slow_alerts, 1), 5, "the edited rule fires")
     for r in (row, fine):
         await admin.update("rules", r["id"], {"enabled": False})
+
+
+async def test_router_carries_on_after_nats_restarts(harness, admin, nats_env):
+    row = await _rule(admin, harness.tenant,
+                      '- subject: "agents.*.telemetry.drill"\n'
+                      '  actions:\n    - publish: "alerts.drill.js"\n'
+                      '- subject: "agents.*.heartbeat"\n  match: "drill == true"\n'
+                      '  actions:\n    - publish: "alerts.drill.core"\n')
+    await eventually(lambda: _status(admin, row["id"], "valid"), 5)
+    nats_env.restart()
+    await eventually(lambda: _reconnected(harness.svc), 15, "test client back")
+    js_alerts = await _collect(harness.svc, "alerts.drill.js")
+    core_alerts = await _collect(harness.svc, "alerts.drill.core")
+
+    async def both_paths_fire() -> bool:
+        # the router reconnects on its own schedule: keep sending until both paths answer
+        await _telemetry(harness.svc, "d1", {"x": 1}, kind="drill")
+        await harness.svc.publish("agents.d1.heartbeat", b'{"drill": true}')
+        await asyncio.sleep(0.2)
+        return bool(js_alerts) and bool(core_alerts)
+
+    await eventually(both_paths_fire, 30, "telemetry and heartbeat rules fire again")
+    await admin.update("rules", row["id"], {"enabled": False})
+
+
+async def _reconnected(nc):
+    try:
+        await nc.flush(timeout=1)
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return True
