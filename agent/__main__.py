@@ -14,6 +14,7 @@ from agent import config as config_mod
 from agent.context import VERSION
 from agent.errors import AgentError
 from cairn_common import logs
+from cairn_common.filemodes import NotPrivateError
 
 
 def default_dir() -> Path:
@@ -71,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             from agent.service_install import install
             print(install(args.config, args.dry_run), end="")
             return 0
+        from agent.credentials import check_secret_files
+
+        check_secret_files(config)  # refuse before anything reads the seed or creds
         logs.setup("agent", config.logging.level, config.logging.json)
         _add_file_log(config)
         asyncio.run(_run(config))
         return 0
-    except AgentError as exc:
+    except (AgentError, NotPrivateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (PermissionError, ValueError) as exc:

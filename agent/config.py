@@ -1,14 +1,17 @@
 """agent.yaml: strict, typed, with a sane default for every key but `device.code`.
 
 An unknown key or a wrong type stops the agent with a message naming the key and file.
-The security whitelists (commands, services, log paths) live only here: desired config
-from PocketBase may change intervals and exporters, never a whitelist.
+The security whitelists (commands, services, log paths, `exporters_allowed`) live only
+here: desired config from PocketBase may change intervals and exporters, never a whitelist,
+and only within the bounds below (SPEC §11 "Quotas").
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -16,9 +19,37 @@ import yaml
 
 from agent.errors import ConfigError
 
+_INTERNAL = frozenset({"base_dir", "local_exporters"})  # not keys of the file
 CODE_PATTERN = re.compile(r"^[a-z0-9-]{3,64}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+
+@dataclass(frozen=True)
+class IntervalBound:
+    """The allowed range of one interval, in seconds.
+
+    `local_min` only catches typos in agent.yaml ("60ms"): that file belongs to whoever owns
+    the machine, who also writes the whitelists. `desired_min` is the quota on
+    devices.config, which any tenant operator writes for every device at once.
+    `maximum` holds for both.
+    """
+
+    local_min: float
+    desired_min: float
+    maximum: float
+
+
+# The one table of interval bounds (README "cairn-agent", SPEC §11 "Quotas").
+INTERVAL_BOUNDS: dict[str, IntervalBound] = {
+    "heartbeat": IntervalBound(local_min=1.0, desired_min=5.0, maximum=DAY),
+    "service": IntervalBound(local_min=1.0, desired_min=5.0, maximum=DAY),
+    "system": IntervalBound(local_min=1.0, desired_min=10.0, maximum=DAY),
+    "inventory": IntervalBound(local_min=MINUTE, desired_min=MINUTE, maximum=7 * DAY),
+}
+MAX_DESIRED_EXPORTERS = 8  # devices.config may list this many exporter URLs at most
+DEFAULT_EXPORTERS = ("http://localhost:9100/metrics", "http://localhost:9182/metrics")
 
 
 @dataclass(frozen=True)
@@ -89,14 +120,20 @@ class AgentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
     intervals: Intervals = field(default_factory=Intervals)
-    exporters: tuple[str, ...] = (
-        "http://localhost:9100/metrics", "http://localhost:9182/metrics",
-    )
+    exporters: tuple[str, ...] = DEFAULT_EXPORTERS
+    # exact URLs or globs devices.config may choose besides the local `exporters` list
+    exporters_allowed: tuple[str, ...] = ()
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     base_dir: Path = Path(".")  # where relative paths in the file resolve (its folder)
+    # `exporters` as agent.yaml set it, kept across desired-config changes (None: exporters)
+    local_exporters: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_exporters is None:
+            object.__setattr__(self, "local_exporters", self.exporters)
 
     def path(self, value: str) -> Path:
         """A path from the config, relative ones resolved against the config's folder."""
@@ -131,7 +168,7 @@ def from_dict(raw: Any, source: str = "agent.yaml", base_dir: Path = Path(".")) 
 
 def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.name != "base_dir"}
+    known = {f.name for f in fields(cls) if f.name not in _INTERNAL}
     for key in raw:
         if key not in known:
             where = f"{prefix}{key}"
@@ -166,7 +203,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                                   f"got {_kind(item)}")
         return tuple(value)
     if hint is float:
-        return _seconds(value, key, source)
+        return duration(value, key, source)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be an integer, got {_kind(value)}")
@@ -186,7 +223,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise ConfigError(f"{source}: {key}: unsupported type {hint}")  # pragma: no cover
 
 
-def _seconds(value: Any, key: str, source: str) -> float:
+def duration(value: Any, key: str, source: str) -> float:
     """A duration: a number of seconds, or a string such as "90s", "5m", "24h"."""
     if isinstance(value, bool):
         raise ConfigError(f"{source}: {key} must be a duration, got {_kind(value)}")
@@ -197,9 +234,19 @@ def _seconds(value: Any, key: str, source: str) -> float:
     else:
         raise ConfigError(f"{source}: {key} must be a duration like 60, \"90s\", \"5m\", "
                           f"got {value!r}")
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{source}: {key} must be a finite duration, got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{source}: {key} must be greater than zero")
     return seconds
+
+
+def human(seconds: float) -> str:
+    """A duration for messages: "0.01 s", "60 s", "10 m", "24 h", "7 d"."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= 2 * size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _check(config: AgentConfig, source: str) -> None:
@@ -214,6 +261,76 @@ def _check(config: AgentConfig, source: str) -> None:
         raise ConfigError(f"{source}: commands.max_output_bytes must be at least 1024")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"{source}: logging.level must be debug, info, warning or error")
+    for name, bound in INTERVAL_BOUNDS.items():
+        value = getattr(config.intervals, name)
+        if not bound.local_min <= value <= bound.maximum:
+            raise ConfigError(f"{source}: intervals.{name} is {human(value)}; it must be "
+                              f"between {human(bound.local_min)} and {human(bound.maximum)}")
+    for index, pattern in enumerate(config.exporters_allowed):
+        if (problem := _pattern_problem(pattern)) is not None:
+            raise ConfigError(f"{source}: exporters_allowed[{index}] {pattern!r} {problem}; "
+                              f"expected an http(s) URL or glob such as "
+                              f"\"http://localhost:*/metrics\"")
+
+
+# -- exporter URLs devices.config may choose ------------------------------------------------
+# A desired URL is accepted when it is exactly in the local `exporters` or `exporters_allowed`,
+# or matches a glob there. Globs are fnmatch, matched per part: the scheme exactly, the
+# host[:port] (where `[` `]` are literal, for IPv6) and the path apart, so a `*` in the path
+# can never reach another host. URLs matched by a glob must be plain: http(s), printable
+# ASCII, a bare host[:port] (no user@), no backslash, fragment or dot segments.
+
+_HOST_PORT = re.compile(r"^(?:\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::\d{1,5})?$")
+_HOST_GLOB = re.compile(r"^[a-z0-9.\-:*?\[\]]+$")
+_PLAIN = re.compile(r"^[\x21-\x7e]+$")
+
+
+def _split(url: str) -> tuple[str, str, str] | None:
+    """(scheme, host[:port], path?query), lower-cased but for the path; None if no "://"."""
+    scheme, sep, tail = url.partition("://")
+    if not sep:
+        return None
+    cut = tail.find("/")
+    host, rest = (tail, "") if cut < 0 else (tail[:cut], tail[cut:])
+    return scheme.lower(), host.lower(), rest
+
+
+def _plain_problem(text: str) -> str | None:
+    if not _PLAIN.match(text) or "\\" in text or "#" in text:
+        return "has spaces, non-ASCII, a backslash or a fragment"
+    parts = _split(text)
+    if parts is None or parts[0] not in ("http", "https"):
+        return "is not http:// or https://"
+    return None
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    if (problem := _plain_problem(pattern)) is not None:
+        return problem
+    _, host, _ = _split(pattern) or ("", "", "")
+    if not _HOST_GLOB.match(host):
+        return "has a bad host[:port] part"
+    return None
+
+
+def exporter_refusal(url: str, config: AgentConfig) -> str | None:
+    """Why devices.config may not point this agent at `url`, or None when it may."""
+    if url in (config.local_exporters or ()) or url in config.exporters_allowed:
+        return None
+    if (problem := _plain_problem(url)) is not None:
+        return problem
+    scheme, host, rest = _split(url) or ("", "", "")
+    if not _HOST_PORT.match(host):
+        return "has a bad host[:port] part (user@host is refused)"
+    path = rest.split("?", 1)[0]
+    if any(seg.lower().replace("%2e", ".") in (".", "..") for seg in path.split("/")):
+        return "has a . or .. path segment"
+    for pattern in config.exporters_allowed:
+        p_scheme, p_host, p_rest = _split(pattern) or ("", "", "")
+        if (scheme == p_scheme and fnmatchcase(host, p_host.replace("[", "[[]"))
+                and fnmatchcase(rest, p_rest)):
+            return None
+    return "is neither in the local exporters nor matched by exporters_allowed"
 
 
 def _kind(value: Any) -> str:
@@ -225,7 +342,7 @@ def to_dict(config: AgentConfig) -> dict[str, Any]:
     def convert(obj: Any) -> Any:
         if is_dataclass(obj):
             return {f.name: convert(getattr(obj, f.name)) for f in fields(obj)
-                    if f.name != "base_dir"}
+                    if f.name not in _INTERNAL}
         if isinstance(obj, tuple):
             return [convert(x) for x in obj]
         return obj

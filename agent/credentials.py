@@ -1,7 +1,8 @@
 """The device's key and JWT: register a public key through PocketBase and wait for the JWT.
 
 Used by enrollment, renewal and rotation. Only the public key ever leaves the machine; the
-seed is written 0600 next to the creds file.
+seed is written 0600 next to the creds file, and `cairn-agent run` refuses to start when the
+seed, creds or secret file is open to other local users (`check_secret_files`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nkeys
 
 from agent.collectors.inventory import os_info
 from agent.context import VERSION
 from agent.errors import EnrollmentError
-from cairn_common import creds, natsjwt, nkey
+from cairn_common import creds, filemodes, natsjwt, nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,24 @@ def load_or_create_seed(path: Path) -> nkeys.KeyPair:
             raise EnrollmentError(f"{path} is not a user nkey seed ({exc}); move it away to "
                                   "enroll with a new key") from exc
     kp = nkey.create("user")
-    creds.write_secret(path, kp.seed.decode() + "\n")
+    filemodes.write_private(path, kp.seed.decode() + "\n")
     return kp
+
+
+def secret_files(config: AgentConfig) -> list[tuple[Path, str]]:
+    """The files whose content would let someone act as this device, with what each holds."""
+    files = [(config.path(config.nats.seed_file), "the device's NATS seed"),
+             (config.path(config.nats.creds_file), "the device's NATS creds")]
+    if config.server.secret_file:
+        files.append((config.path(config.server.secret_file), "the device's enrollment secret"))
+    return files
+
+
+def check_secret_files(config: AgentConfig) -> None:
+    """filemodes.NotPrivateError, naming the chmod fix, if one of them is open to other local
+    users, a symlink or not ours: refused, not fixed (someone may have copied it already)."""
+    for path, what in secret_files(config):
+        filemodes.check_private(path, what)
 
 
 async def register_key(server_url: str, code: str, secret: str, public_key: str,

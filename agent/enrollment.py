@@ -1,7 +1,8 @@
 """`cairn-agent enroll`: own key pair, public key to our device row, JWT back, files written.
 
 Safe to re-run: the existing seed is reused, an existing agent.yaml is kept (it must be for
-the same device), and the creds file is replaced atomically.
+the same device), and the creds file is replaced atomically. The directory is made 0700 and
+every file written 0600; an existing seed open to other users is refused, not reused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from agent import config as config_mod
 from agent.credentials import load_or_create_seed, register_key, write_creds
 from agent.errors import ConfigError, EnrollmentError
-from cairn_common.creds import write_secret
+from cairn_common import filemodes
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ async def enroll(req: EnrollRequest) -> Path:
     parsed = urlparse(req.server)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise EnrollmentError(f"--server {req.server!r} must be an http(s) URL")
-    req.directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(req.directory, 0o700)
+    filemodes.private_dir(req.directory)
     config_path = req.directory / "agent.yaml"
     existing = _existing_config(config_path, req.code)
     base = config_path.parent.resolve()
@@ -76,14 +76,18 @@ async def enroll(req: EnrollRequest) -> Path:
     creds_path = existing.path(existing.nats.creds_file) if existing else base / "agent.creds"
     secret_path = (existing.path(existing.server.secret_file)
                    if existing and existing.server.secret_file else base / "agent.secret")
+    try:
+        filemodes.check_private(seed_path, "the device's NATS seed")
+    except filemodes.NotPrivateError as exc:
+        raise EnrollmentError(f"refusing to enroll: {exc.problem}") from exc
     user = load_or_create_seed(seed_path)
     public = user.public_key.decode()
     log.info("registering public key", extra={"device": req.code, "public_key": public})
     issued = await register_key(req.server, req.code, req.secret, public, req.timeout)
     write_creds(creds_path, issued.jwt, user.seed.decode())
-    write_secret(secret_path, req.secret + "\n")
+    filemodes.write_private(secret_path, req.secret + "\n")
     if existing is None:
-        write_secret(config_path, render_config(req))
+        filemodes.write_private(config_path, render_config(req))
     return config_path
 
 

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 
 from agent.config import AgentConfig
 from agent.context import Stats
+from cairn_common.natsauth import device_inbox
 from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class Link:
         options: dict[str, Any] = {
             "servers": list(cfg.nats.urls),
             "name": f"cairn-agent/{cfg.device.code}",
+            # the agent role subscribes only under its own prefix (no one reads its replies)
+            "inbox_prefix": device_inbox(cfg.device.code),
             "user_credentials": str(cfg.path(cfg.nats.creds_file)),
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 1,

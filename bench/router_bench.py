@@ -23,6 +23,7 @@ import nats
 from bench.stack import BenchStack, machine, percentile, start
 from cairn_common.natsauth import connect_options
 from cairn_stack.processes import free_port, http_get_text
+from cairn_stack.sidecars import prepare_router_login
 
 BARE_CORE = """
 import asyncio, sys, time, nats
@@ -33,7 +34,7 @@ async def main():
         got += 1
         if got == n: done.set()
     nc = await nats.connect(sys.argv[1], user_credentials=sys.argv[2])
-    await nc.subscribe("metrics.>", cb=cb); await nc.flush()
+    await nc.subscribe("agents.*.metric", cb=cb); await nc.flush()
     print("ready", flush=True)
     await done.wait()
     print(time.time(), flush=True)
@@ -94,11 +95,12 @@ class Bench:
                                      **connect_options(lambda: (svc["jwt"], svc["seed"])))
 
     async def start_router(self) -> None:
+        login = await prepare_router_login(self.stack.settings, self.stack.layout,
+                                           self.stack.admin)
         env = {**os.environ, "CAIRN_DATA_DIR": str(self.stack.root),
                "CAIRN_PB_URL": self.stack.settings.pb_url,
                "CAIRN_NATS_URL": self.stack.settings.nats_url,
-               "CAIRN_ADMIN_EMAIL": self.stack.admin.email,
-               "CAIRN_ADMIN_PASSWORD": self.stack.admin.password}
+               "CAIRN_ROUTER_LOGIN_FILE": str(login)}
         self.router = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rule_router", "run", "--metrics-port", str(self.port),
             "--log-level", "WARNING", env=env, stdout=asyncio.subprocess.DEVNULL,
@@ -158,13 +160,13 @@ class Bench:
 
 
 async def core_throughput(b: Bench, rules: int, n: int) -> dict[str, float]:
-    await b.set_rules([(f"r{i}", f'subject: "metrics.s{i}"\nmatch: "v > 1000000000"\n'
+    await b.set_rules([(f"r{i}", f'subject: "agents.s{i}.metric"\nmatch: "v > 1000000000"\n'
                         f'actions:\n  - publish: "alerts.never"\n') for i in range(rules)])
     payload = b'{"v": 1, "host": "web-01", "note": "benchmark message"}'
 
     async def publish() -> None:
         for i in range(n):
-            await b.nc.publish(f"metrics.s{i % rules}", payload)
+            await b.nc.publish(f"agents.s{i % rules}.metric", payload)
         await b.nc.flush()
 
     bare = await b.bare(BARE_CORE, n, publish)
@@ -174,20 +176,20 @@ async def core_throughput(b: Bench, rules: int, n: int) -> dict[str, float]:
 
 async def js_throughput(b: Bench, n: int) -> dict[str, float]:
     """n telemetry messages and then one on `agents.end...`, whose rule publishes
-    `bench.done`: the consumer handles the stream in order, so that alert means all n
+    `alerts.bench.done`: the consumer handles the stream in order, so that alert means all n
     were evaluated and acked (no /metrics polling competing with the router)."""
     rules = [(f"t{i}", f'subject: "agents.*.telemetry.system"\n'
               f'match: "cpu_percent > {1000 + i}"\n'
               'actions:\n  - publish: "alerts.never"\n') for i in range(10)]
     rules.append(("end", 'subject: "agents.end.telemetry.system"\n'
-                  'actions:\n  - publish: "bench.done"\n'))
+                  'actions:\n  - publish: "alerts.bench.done"\n'))
     await b.set_rules(rules)
     done: asyncio.Queue[float] = asyncio.Queue()
 
     async def on_done(msg: Any) -> None:
         done.put_nowait(time.perf_counter())
 
-    done_sub = await b.nc.subscribe("bench.done", cb=on_done)
+    done_sub = await b.nc.subscribe("alerts.bench.done", cb=on_done)
 
     async def publish() -> None:
         for i in range(n):
@@ -229,7 +231,7 @@ async def latency(b: Bench, samples: int) -> dict[str, float]:
 
 
 async def reload(b: Bench) -> dict[str, Any]:
-    old = 'subject: "metrics.reload"\nactions:\n  - publish: "alerts.old"\n'
+    old = 'subject: "agents.reload.metric"\nactions:\n  - publish: "alerts.old"\n'
     await b.set_rules([("swap", old)])
     row = await b.admin.first("rules", 'name = "swap"')
     counts = {"alerts.old": 0, "alerts.new": 0}
@@ -246,7 +248,7 @@ async def reload(b: Bench) -> dict[str, Any]:
     sent = 0
     edit_at = 0.0
     for i in range(4000):  # ~2 s of steady traffic, the edit in the middle
-        await b.nc.publish("metrics.reload", json.dumps({"i": i}).encode())
+        await b.nc.publish("agents.reload.metric", json.dumps({"i": i}).encode())
         sent += 1
         if i == 1000:
             edit_at = time.perf_counter()

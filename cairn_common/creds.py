@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+
+from cairn_common.filemodes import write_private
+
+# The older name of filemodes.write_private (atomic, 0600), kept for its callers.
+write_secret = write_private
 
 TEMPLATE = """-----BEGIN NATS USER JWT-----
 {jwt}
@@ -42,21 +46,8 @@ def parse(text: str) -> tuple[str, str]:
     return jwt, seed
 
 
-def write_secret(path: Path, text: str) -> None:
-    """Write a file that only the owner can read, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def write(path: Path, jwt: str, seed: str) -> None:
-    write_secret(path, render(jwt, seed))
+    write_private(path, render(jwt, seed))
 
 
 def read(path: Path) -> tuple[str, str]:

@@ -1,4 +1,8 @@
-"""Where everything lives under the data directory (`CAIRN_DATA_DIR`, default ./data)."""
+"""Where everything lives under the data directory (`CAIRN_DATA_DIR`, default ./data).
+
+All of it is private to the user running Cairn (SPEC §11): the root is 0700 and nothing in
+`private_entries` has a group/other bit (see cairn_common/filemodes.py).
+"""
 
 from __future__ import annotations
 
@@ -70,3 +74,9 @@ class DataLayout:
     @property
     def demo_dir(self) -> Path:
         return self.root / "demo"
+
+    @property
+    def private_entries(self) -> tuple[Path, ...]:
+        """What Cairn keeps in the data dir; the launcher tightens and checks all of it."""
+        return (self.secrets_dir, self.superuser_file, self.pb_dir, self.nats_dir,
+                self.demo_dir, self.logs_dir)

@@ -28,3 +28,17 @@ def connect_options(provider: CredsProvider) -> dict[str, Any]:
             kp.wipe()
 
     return {"user_jwt_cb": user_jwt_cb, "signature_cb": signature_cb}
+
+
+# Every identity Cairn issues has an inbox prefix of its own, and its role lets it subscribe
+# only under that prefix: nobody but a `service` user can read another identity's replies.
+# Device codes never contain "_" (pattern [a-z0-9-]), so a device can never be given a
+# service user's (or a person's) prefix by choosing its code.
+def device_inbox(code: str) -> str:
+    """Inbox prefix of a device: its replies arrive on `_INBOX_<code>.<token>`."""
+    return f"_INBOX_{code}"
+
+
+def service_inbox(name: str) -> str:
+    """Inbox prefix of a service user or sidecar (`nats_users.name`)."""
+    return f"_INBOX_svc_{name}"

@@ -142,6 +142,7 @@ def user_claims(
     sub_deny: list[str] | None = None,
     allow_responses: bool = False,
     expires: int | None = None,
+    tags: list[str] | None = None,
 ) -> dict[str, Any]:
     """User claims with literal subjects; subs/data/payload are -1 (omitted would mean 0)."""
     nats: dict[str, Any] = {
@@ -157,6 +158,8 @@ def user_claims(
         nats["resp"] = {"max": 1, "ttl": 0}
     if issuer_account:
         nats["issuer_account"] = issuer_account
+    if tags:
+        nats["tags"] = list(tags)
     claims: dict[str, Any] = {"sub": user_public, "name": name, "nats": nats}
     if expires is not None:
         claims["exp"] = expires

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cairn_common import logs
 from cairn_stack import app, settings
+from cairn_stack.sidecars import SECRET_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     except settings.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for name in SECRET_ENV:  # read once into `config`; no child process inherits them
+        os.environ.pop(name, None)
     return app.run(config)
 
 

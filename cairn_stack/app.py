@@ -1,28 +1,37 @@
 """`make run`: bring the whole local stack up, print how to reach it, stop it on Ctrl-C.
 
-Start order: keys (bootstrap) -> nats-server -> PocketBase (migrations, superuser) ->
-cairn-bridge -> cairn-router -> (demo) tenant, device, service user, demo rule, enrolled
-local agent.
+Start order: private data dir -> keys (bootstrap) -> nats-server -> PocketBase (migrations,
+superuser) -> cairn-bridge -> cairn-router -> (demo) tenant, device, service user, demo rule,
+enrolled local agent.
 Stop order is the reverse, each child SIGTERM'd and given time to drain.
+
+Files (SPEC §11): the launcher owns the data dir. It runs with umask 077 (and so does every
+child), makes the dir 0700 and tightens what an older run left open; what it cannot fix (a
+symlink, another owner) stops it with the fix. The sidecars and the agent only check:
+a loose secret at their start is refused, never silently fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent.errors import AgentError
+from cairn_common import filemodes
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBaseError
 from cairn_stack import demo, superuser
 from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
-from cairn_stack.processes import ManagedProcess, ProcessError, tcp_open
+from cairn_stack.processes import CHILD_UMASK, ManagedProcess, ProcessError, tcp_open
 from cairn_stack.settings import StackSettings
 from cairn_stack.sidecars import start_bridge, start_router
 from pb_hooks_bridge.bootstrap import bootstrap
+from pb_hooks_bridge.errors import BridgeError
 
 
 def say(message: str) -> None:
@@ -50,6 +59,10 @@ class Stack:
                 f"port already in use: {', '.join(busy)}. Is another stack running? "
                 "Stop it, or choose other ports with those variables."
             )
+        tightened = secure_data_dir(self.layout)
+        if tightened:
+            say(f"[0/5] {self.layout.root}: took group/other access off {len(tightened)} "
+                "paths an older run left open (now 0700/0600)")
         say(f"[1/5] NATS operator keys in {self.layout.secrets_dir}")
         result = bootstrap(self.layout)
         say(f"      {'created' if result.changed else 'unchanged'}: operator "
@@ -112,6 +125,20 @@ class Stack:
         self.children.clear()
 
 
+def secure_data_dir(layout: DataLayout) -> list[Path]:
+    """Make the data dir 0700 and take group/other bits off what Cairn keeps in it (an older
+    run may have left them open); then refuse, with the fix, whatever is still not private.
+    Returns the paths that were tightened."""
+    filemodes.private_dir(layout.root, tighten=False)
+    changed = filemodes.tighten_tree(layout.root, recursive=False)
+    for entry in layout.private_entries:
+        changed += filemodes.tighten_tree(entry)
+    filemodes.check_private(layout.root, "the Cairn data directory")
+    for entry in layout.private_entries:
+        filemodes.check_tree(entry, f"Cairn's {entry.name}", links=(layout.nats_conf,))
+    return changed
+
+
 def _pings(settings: StackSettings, demo_fleet: demo.Demo) -> bool:
     import json
     import subprocess
@@ -128,6 +155,7 @@ def _pings(settings: StackSettings, demo_fleet: demo.Demo) -> bool:
 
 
 def run(settings: StackSettings) -> int:
+    os.umask(CHILD_UMASK)  # what the launcher itself writes (keys, login, demo files) is private
     stack = Stack(settings, DataLayout(settings.data_dir))
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -139,7 +167,8 @@ def run(settings: StackSettings) -> int:
         stack.start()
         stack.banner()
         code = stack.wait()
-    except (ProcessError, TimeoutError, AgentError, PocketBaseError) as exc:
+    except (ProcessError, TimeoutError, AgentError, BridgeError, PocketBaseError,
+            filemodes.NotPrivateError) as exc:
         say(f"error: {exc}")
         code = 1
     finally:

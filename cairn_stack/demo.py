@@ -2,6 +2,8 @@
 go to `$CAIRN_DATA_DIR/demo/admin.creds`, and a local agent enrolled as `demo-1`.
 
 Idempotent: a second run finds everything and changes nothing it does not have to.
+Everything under demo/ is private (0700 directories, 0600 files): admin.creds and the
+device secret are secrets, and the scripts are run by extension, not by an exec bit.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from cairn_common.creds import write_secret
+from cairn_common.filemodes import private_dir, write_private
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase
 from cairn_stack.processes import ManagedProcess
@@ -58,8 +60,7 @@ class Demo:
 async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser) -> Demo:
     from agent.enrollment import EnrollRequest, enroll
 
-    demo_dir = layout.demo_dir
-    demo_dir.mkdir(parents=True, exist_ok=True)
+    demo_dir = private_dir(layout.demo_dir)
     async with PocketBase(settings.pb_url) as pb:
         await pb.auth_superuser(admin.email, admin.password)
         tenant = await pb.first("tenants", f'slug = "{TENANT}"') or await pb.create(
@@ -79,7 +80,7 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
                                       "enabled": True, "yaml": RULE})
         admin_creds = demo_dir / "admin.creds"
         if not admin_creds.exists() or admin_creds.read_text() != user["creds"]:
-            write_secret(admin_creds, user["creds"])
+            write_private(admin_creds, user["creds"])
     agent_dir = demo_dir / "agent"
     config = _agent_config(agent_dir, settings, layout)
     await enroll(EnrollRequest(server=settings.pb_url, code=DEVICE, directory=agent_dir,
@@ -100,7 +101,7 @@ def _device_secret(secret_file: Path) -> str:
     if secret_file.exists():
         return secret_file.read_text().strip()
     secret = "demo-" + secrets.token_urlsafe(18)
-    write_secret(secret_file, secret + "\n")
+    write_private(secret_file, secret + "\n")
     return secret
 
 
@@ -118,12 +119,11 @@ async def _device(pb: PocketBase, tenant_id: str, secret: str, fresh: bool) -> N
 
 
 def _agent_config(agent_dir: Path, settings: StackSettings, layout: DataLayout) -> Path:
-    scripts = agent_dir / "scripts"
-    scripts.mkdir(parents=True, exist_ok=True)
+    scripts = private_dir(agent_dir / "scripts")
     for name, body in SCRIPTS.items():
         path = scripts / name
         if not path.exists():
-            path.write_text(body)
+            write_private(path, body)
     path = agent_dir / "agent.yaml"
     if not path.exists():
         doc = {
@@ -138,8 +138,8 @@ def _agent_config(agent_dir: Path, settings: StackSettings, layout: DataLayout) 
             "services": {"allowed": ["cron", "ssh"], "watch": []},
             "logs": {"allowed_paths": [str(layout.logs_dir / "*.log")]},
         }
-        write_secret(path, "# Demo agent for `make run` (edit freely; kept across runs).\n"
-                     + yaml.safe_dump(doc, sort_keys=False))
+        write_private(path, "# Demo agent for `make run` (edit freely; kept across runs).\n"
+                      + yaml.safe_dump(doc, sort_keys=False))
     return path
 
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cairn_common.filemodes import private_dir
 from cairn_common.layout import DataLayout
 from cairn_stack.processes import ManagedProcess, ProcessError, binary, http_ok
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_NATS_CONF = REPO_ROOT / "nats-server.conf"
+# Room for 512 tenants at the default quotas (512 MiB disk, 8 MiB memory each); nothing
+# is allocated up front, the server only refuses quotas beyond these sums.
+DEFAULT_MAX_FILE_STORE = "256GB"
+DEFAULT_MAX_MEMORY_STORE = "4GB"
 
 
 def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedProcess:
-    """A nats-server for this data dir. Bootstrap must have written the include file first."""
+    """A nats-server for this data dir. Bootstrap must have written the include file first.
+    Its JetStream store and resolver are 0700 (the process runs with umask 077)."""
     for directory in (layout.nats_dir, layout.nats_store_dir, layout.nats_resolver_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
     link = layout.nats_conf
     if link.is_symlink() or link.exists():
         if not link.is_symlink() or os.readlink(link) != str(REPO_NATS_CONF):
@@ -31,6 +37,11 @@ def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedPro
             "CAIRN_NATS_MONITOR_PORT": str(monitor_port),
             "CAIRN_NATS_STORE_DIR": str(layout.nats_store_dir),
             "CAIRN_NATS_RESOLVER_DIR": str(layout.nats_resolver_dir),
+            # every tenant's JetStream quota is reserved against these (limits.py)
+            "CAIRN_NATS_MAX_FILE_STORE": os.environ.get("CAIRN_NATS_MAX_FILE_STORE")
+            or DEFAULT_MAX_FILE_STORE,
+            "CAIRN_NATS_MAX_MEMORY_STORE": os.environ.get("CAIRN_NATS_MAX_MEMORY_STORE")
+            or DEFAULT_MAX_MEMORY_STORE,
         },
     )
 

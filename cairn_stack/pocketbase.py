@@ -1,12 +1,17 @@
-"""Run the real PocketBase with our migrations, and create its superuser."""
+"""Run the real PocketBase with our migrations, and create its superuser.
+
+pocketbase/ holds data.db (every tenant's account seeds) and auxiliary.db: it is made 0700
+before PocketBase runs, and PocketBase runs with umask 077, so its files are 0600.
+"""
 
 from __future__ import annotations
 
 import subprocess
 
+from cairn_common.filemodes import private_dir
 from cairn_common.layout import DataLayout
 from cairn_stack.nats import REPO_ROOT
-from cairn_stack.processes import ManagedProcess, ProcessError, binary, http_ok
+from cairn_stack.processes import CHILD_UMASK, ManagedProcess, ProcessError, binary, http_ok
 
 MIGRATIONS_DIR = REPO_ROOT / "pb_migrations"
 
@@ -22,6 +27,7 @@ def pb_argv(layout: DataLayout, *args: str) -> list[str]:
 
 
 def pocketbase_process(layout: DataLayout, port: int) -> ManagedProcess:
+    private_dir(layout.pb_dir)
     return ManagedProcess(
         name="pocketbase",
         # --automigrate=false: Admin UI edits must not write migration files into the repo.
@@ -45,8 +51,10 @@ def start_pocketbase(layout: DataLayout, port: int, timeout: float = 30) -> Mana
 
 def run_pb_command(layout: DataLayout, *args: str, stdin: str | None = None) -> str:
     """Run a one-shot `pocketbase` subcommand (migrate, superuser) and return its output."""
+    private_dir(layout.pb_dir)
     done = subprocess.run(
-        pb_argv(layout, *args), input=stdin, capture_output=True, text=True, timeout=60
+        pb_argv(layout, *args), input=stdin, capture_output=True, text=True, timeout=60,
+        umask=CHILD_UMASK,
     )
     if done.returncode != 0:
         raise ProcessError(

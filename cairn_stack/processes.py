@@ -15,6 +15,13 @@ from pathlib import Path
 
 import httpx
 
+from cairn_common.filemodes import FILE_MODE, private_dir
+
+# Every child (nats-server, PocketBase, the sidecars, the demo agent, one-shot `pocketbase`
+# commands) starts with this umask, so the databases, JetStream files and logs it creates are
+# 0600/0700 whatever the user's own umask is (SPEC §11).
+CHILD_UMASK = 0o077
+
 
 class ProcessError(RuntimeError):
     """A managed process failed to start or died while we waited for it."""
@@ -40,7 +47,8 @@ def binary(name: str) -> str:
 
 @dataclass
 class ManagedProcess:
-    """One child process with its output in a log file, stopped by SIGTERM then SIGKILL."""
+    """One child process (umask 077) with its output in a private log file, stopped by SIGTERM
+    then SIGKILL."""
 
     name: str
     argv: Sequence[str]
@@ -50,19 +58,20 @@ class ManagedProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        private_dir(self.log_path.parent, tighten=False)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(
-            list(self.argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=self.cwd,
-            start_new_session=True,  # Ctrl-C in the terminal reaches only the launcher
-        )
-        log.close()
+        with os.fdopen(fd, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only the launcher
+                umask=CHILD_UMASK,
+            )
 
     @property
     def running(self) -> bool:

@@ -6,7 +6,7 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from cairn_common.creds import write_secret
+from cairn_common.filemodes import write_private
 from cairn_common.layout import DataLayout
 from cairn_stack.settings import SettingsError, StackSettings
 
@@ -33,5 +33,5 @@ def resolve(settings: StackSettings, layout: DataLayout) -> Superuser:
                 "or set CAIRN_ADMIN_EMAIL and CAIRN_ADMIN_PASSWORD"
             ) from exc
     user = Superuser("admin@cairn.local", secrets.token_urlsafe(15), generated_now=True)
-    write_secret(path, json.dumps({"email": user.email, "password": user.password}) + "\n")
+    write_private(path, json.dumps({"email": user.email, "password": user.password}) + "\n")
     return user

@@ -14,11 +14,12 @@ from cairn_common import logs
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge.app import Bridge
-from pb_hooks_bridge.bootstrap import bootstrap
+from pb_hooks_bridge.bootstrap import bootstrap, check_secrets
 from pb_hooks_bridge.config import BridgeConfig
 from pb_hooks_bridge.config import load as load_config
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.reconcile import Summary
+from pb_hooks_bridge.sidecar_logins import ensure_sidecar_login
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     creds = sub.add_parser("creds", help="print a service user's .creds")
     creds.add_argument("tenant", help="tenant slug")
     creds.add_argument("name", help="nats_users name")
+    login = sub.add_parser(
+        "sidecar-login", help="create a least-privilege sidecar login (e.g. for cairn-router) "
+        "and write it to a 0600 file (idempotent: a working file is kept)")
+    login.add_argument("name", help="sidecar name, e.g. cairn-router")
+    login.add_argument("--kind", default="router", choices=["router"], help="(router)")
+    login.add_argument("--out", type=Path, required=True,
+                       help="login file to write (then CAIRN_ROUTER_LOGIN_FILE for the router)")
     return parser
 
 
@@ -82,6 +90,12 @@ async def _creds(config: BridgeConfig, slug: str, name: str) -> str:
         return row["creds"]
 
 
+async def _sidecar_login(config: BridgeConfig, name: str, kind: str, out: Path) -> bool:
+    async with PocketBase(config.pb_url) as pb:
+        await pb.auth_superuser(config.admin_email, config.admin_password)
+        return await ensure_sidecar_login(pb, name, kind, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup("bridge", args.log_level)
@@ -93,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"operator {result.operator_public}\nsystem account {result.system_account}\n"
                   f"{state}")
             return 0
+        check_secrets(layout)  # before anything reads the login or a seed
         config = load_config(data_dir=args.data_dir,
                              metrics_port=getattr(args, "metrics_port", None))
         if args.command == "run":
@@ -101,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reconcile":
             summary = asyncio.run(_reconcile(config))
             print(summary.line())
+            return 0
+        if args.command == "sidecar-login":
+            changed = asyncio.run(_sidecar_login(config, args.name, args.kind, args.out))
+            print(f"{args.out}: {'written' if changed else 'unchanged (still logs in)'}")
             return 0
         print(asyncio.run(_creds(config, args.tenant, args.name)), end="")
         return 0

@@ -43,6 +43,7 @@ class Account:
     wanted: int = 0  # change generation requested
     pushed: int = 0  # change generation known to be on the server
     server_checked: bool = False  # last_iat includes the server's copy (PocketBase restores)
+    telemetry_max_bytes: int = limits_mod.STREAM_KEYS["telemetry_max_bytes"]
 
     @property
     def public_key(self) -> str:
@@ -136,6 +137,7 @@ class AccountStore:
                 self.by_tenant[tenant["id"]] = account
         account.slug = tenant["slug"]
         account.limits = parsed_limits
+        account.telemetry_max_bytes = limits_mod.telemetry_max_bytes(tenant.get("limits"))
         account.active = bool(tenant.get("active"))
         return account
 

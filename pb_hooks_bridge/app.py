@@ -33,6 +33,7 @@ from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.reconcile import Reconciler, Summary
 from pb_hooks_bridge.roles import RoleBook
+from pb_hooks_bridge.sidecars import SidecarBook
 from pb_hooks_bridge.tenants import Tenants
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Bridge:
                              window=cfg.push_window)
         self.links = TenantLinks(cfg.nats_url)
         self.identities = Identities(self.pb, self.pusher, self.roles, self.audit,
-                                     cfg.user_jwt_ttl)
+                                     cfg.user_jwt_ttl, SidecarBook())
         self.tenants = Tenants(self.pb, self.accounts, self.pusher, self.identities,
                                self.links, self.audit, cfg.telemetry_max_age)
         self.lanes = Lanes(cfg.concurrency)

@@ -2,7 +2,9 @@
 
 Regenerating an operator would orphan every tenant account signed by it, so anything that
 looks like existing key material that is missing or corrupt stops bootstrap with a message
-instead of being replaced.
+instead of being replaced. Key material open to other local users stops it too (and every
+other bridge command, see `check_secrets`): the bridge refuses loose secrets, it does not
+fix them; `make run` tightens the data dir it owns before it calls us.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import nkeys
 
-from cairn_common import creds, natsjwt, nkey
+from cairn_common import creds, filemodes, natsjwt, nkey
 from cairn_common.layout import DataLayout
 from pb_hooks_bridge.errors import BootstrapError
 
@@ -34,9 +36,9 @@ class BootstrapResult:
 
 def bootstrap(layout: DataLayout) -> BootstrapResult:
     """Idempotent: a second call with intact files changes nothing."""
-    layout.secrets_dir.mkdir(parents=True, exist_ok=True)
-    layout.secrets_dir.chmod(0o700)
-    layout.nats_dir.mkdir(parents=True, exist_ok=True)
+    for directory in (layout.root, layout.secrets_dir, layout.nats_dir):
+        filemodes.private_dir(directory, tighten=False)  # new ones 0700; old ones are checked
+    check_secrets(layout)
     changed: list[str] = []
 
     operator = _load_or_create_seed(
@@ -73,11 +75,22 @@ def bootstrap(layout: DataLayout) -> BootstrapResult:
 
     include = render_include(operator_jwt, sys_public, sys_jwt)
     if not layout.nats_include.exists() or layout.nats_include.read_text() != include:
-        creds.write_secret(layout.nats_include, include)
+        filemodes.write_private(layout.nats_include, include)
         changed.append(str(layout.nats_include))
     if changed:
         log.info("bootstrap wrote key material", extra={"files": changed})
     return BootstrapResult(operator_public, sys_public, changed)
+
+
+def check_secrets(layout: DataLayout) -> None:
+    """BootstrapError, naming the chmod/chown fix, when the data dir, anything in secrets/
+    (seeds, JWTs, sys_user.creds) or the superuser login is open to other local users."""
+    try:
+        filemodes.check_private(layout.root, "the Cairn data directory")
+        filemodes.check_tree(layout.secrets_dir, "the NATS operator secrets")
+        filemodes.check_private(layout.superuser_file, "the PocketBase superuser login")
+    except filemodes.NotPrivateError as exc:
+        raise BootstrapError(str(exc)) from exc
 
 
 def load_operator(layout: DataLayout) -> nkeys.KeyPair:
@@ -108,7 +121,7 @@ def _load_or_create_seed(
             "signed by it. To start over on purpose, delete the whole data directory."
         )
     kp = nkey.create(kind)
-    creds.write_secret(path, kp.seed.decode() + "\n")
+    filemodes.write_private(path, kp.seed.decode() + "\n")
     changed.append(str(path))
     return kp
 
@@ -138,7 +151,7 @@ def _derived_jwt(
             pass
         log.warning("re-signing %s: it did not match the seeds", path)
     token = make()
-    creds.write_secret(path, token + "\n")
+    filemodes.write_private(path, token + "\n")
     changed.append(str(path))
     return token
 

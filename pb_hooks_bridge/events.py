@@ -26,7 +26,8 @@ from pb_hooks_bridge.tenants import Tenants
 
 log = logging.getLogger(__name__)
 
-TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*"]
+TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*",
+          "sidecars/*"]
 
 
 class EventRouter:
@@ -60,6 +61,8 @@ class EventRouter:
             await self.service_user(record, deleted)
         elif event.collection == "nats_roles":
             await self.role(record, deleted)
+        elif event.collection == "sidecars":
+            await self.sidecar(record, deleted)
         _observe_lag(record)
 
     async def device(self, record: dict[str, Any], deleted: bool) -> None:
@@ -75,6 +78,25 @@ class EventRouter:
         await self.identities.sync_service_user(account, record, deleted=deleted)
         if not deleted:
             self.tenants.remember_creds(account.tenant_id, record)
+
+    async def sidecar(self, record: dict[str, Any], deleted: bool) -> None:
+        """A sidecar registered (or replaced) its key: issue it a JWT in every active
+        tenant; deleted: its rows go, and with them (row events) its JWTs are revoked."""
+        book = self.identities.sidecars
+        name = record.get("name", "")
+        rows = await self.pb.list("nats_users", filter=f'name = "{name}"') if name else []
+        if deleted:
+            book.remove(name)
+            for row in rows:
+                await self.pb.delete("nats_users", row["id"])
+            return
+        before = book.put(record)
+        if before is not None and before.get("nats_public_key") == record.get(
+                "nats_public_key") and before.get("kind") == record.get("kind"):
+            return  # nothing the JWTs depend on changed
+        for account in [a for a in self.tenants.accounts.by_tenant.values() if a.active]:
+            self.lanes.submit(f"tenant-users:{account.tenant_id}",
+                              lambda a=account: self.tenants.ensure_service_users(a))
 
     async def role(self, record: dict[str, Any], deleted: bool) -> None:
         before = self.roles.remove(record["id"])

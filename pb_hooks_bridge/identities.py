@@ -13,29 +13,35 @@ import time
 from typing import Any
 
 from cairn_common import creds, natsjwt, nkey
+from cairn_common.natsauth import device_inbox, service_inbox
 from cairn_common.pocketbase import PocketBase, pb_date
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.audit import AuditWriter
-from pb_hooks_bridge.permissions import Permissions, RoleError
+from pb_hooks_bridge.permissions import Permissions, RoleError, confine_to_device
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.roles import RoleBook
+from pb_hooks_bridge.sidecars import SidecarBook
 from pb_hooks_bridge.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DEVICE_ROLE = "agent"
+BRIDGE_USER = "cairn-bridge"
+BRIDGE_ROLE = "service"
+ROLE_TAG = "role:"  # the role a JWT was signed with rides in its tags, to audit changes
 
 
 class Identities:
     def __init__(self, pb: PocketBase, pusher: Pusher, roles: RoleBook, audit: AuditWriter,
-                 ttl: int) -> None:
+                 ttl: int, sidecars: SidecarBook | None = None) -> None:
         self.pb = pb
         self.writer = BatchWriter(pb)
         self.pusher = pusher
         self.roles = roles
         self.audit = audit
         self.ttl = ttl
+        self.sidecars = sidecars or SidecarBook()
 
     # -- shared steps -----------------------------------------------------------------
 
@@ -62,7 +68,7 @@ class Identities:
         return True
 
     async def sign(self, account: Account, public_key: str, name: str, perms: Permissions,
-                   ttl: int | None) -> tuple[str, int | None]:
+                   ttl: int | None, role: str = "") -> tuple[str, int | None]:
         """A user JWT whose iat is after any revocation of this key (revoked means iat <= ts)."""
         revoked_at = account.revocations.get(public_key, 0)
         wait = revoked_at + 1 - time.time()
@@ -75,6 +81,7 @@ class Identities:
             pub_allow=perms.pub_allow, pub_deny=perms.pub_deny,
             sub_allow=perms.sub_allow, sub_deny=perms.sub_deny,
             allow_responses=perms.allow_responses, expires=expires,
+            tags=[ROLE_TAG + role] if role else None,
         )
         claims["iat"] = iat
         return natsjwt.encode(claims, account.signing), expires
@@ -94,7 +101,7 @@ class Identities:
         return claims
 
     def needs_new_jwt(self, claims: dict[str, Any] | None, public_key: str,
-                      perms: Permissions) -> str | None:
+                      perms: Permissions, role: str = "") -> str | None:
         """Why a fresh JWT is needed, or None when the current one is good."""
         if claims is None:
             return "no valid JWT"
@@ -112,6 +119,8 @@ class Identities:
         for key in ("pub", "sub", "resp"):
             if nats.get(key) != wanted.get(key):
                 return "permissions changed"
+        if role and granted_role(claims) != role:
+            return "role changed"
         return None
 
     async def set_error(self, collection: str, row: dict[str, Any], message: str,
@@ -146,31 +155,40 @@ class Identities:
             return "revoked" if changed else "unchanged"
         if not key:
             return "unchanged"  # pending: the agent has not enrolled yet
+        role = device.get("role") or DEFAULT_DEVICE_ROLE
         try:
             nkey.check_public(key, "user")
-            perms = self.roles.permissions(account.tenant_id,
-                                           device.get("role") or DEFAULT_DEVICE_ROLE,
-                                           device["code"], account.slug)
-        except (nkey.NkeyError, RoleError) as exc:
-            await self.set_error("devices", device, f"nats_public_key/role: {exc}",
-                                 account.tenant_id)
+        except nkey.NkeyError as exc:
+            await self.set_error("devices", device, f"nats_public_key: {exc}", account.tenant_id)
             return "error"
+        try:
+            inbox = device_inbox(device["code"])
+            perms = self.roles.permissions(account.tenant_id, role, device["code"],
+                                           account.slug, inbox)
+            confine_to_device(perms, device["code"], inbox)
+        except RoleError as exc:
+            # a JWT already issued keeps its (narrower) permissions; nothing wider is signed
+            await self.set_error("devices", device, f"role {role!r}: {exc}", account.tenant_id)
+            return "error"
+        if grant is not None and granted_role(grant) not in ("", role):
+            self.audit.record("device.role_changed", account.tenant_id, target,
+                              {"from": granted_role(grant), "to": role})
         if granted_key and granted_key != key:
             await self.revoke(account, {granted_key: granted_iat}, "device", target,
                               "key replaced")
-        why = self.needs_new_jwt(grant, key, perms)
+        why = self.needs_new_jwt(grant, key, perms, role)
         if why is None:
             if status != "active" or device.get("error"):
                 await self.writer.update("devices", device["id"], {"status": "active", "error": ""})
             return "unchanged"
-        token, expires = await self.sign(account, key, device["code"], perms, self.ttl)
+        token, expires = await self.sign(account, key, device["code"], perms, self.ttl, role)
         await self.writer.update("devices", device["id"], {
             "nats_jwt": token, "nats_jwt_expires": pb_date(expires) if expires else "",
             "status": "active", "error": "",
         })
         metrics.ISSUED.labels("device").inc()
         self.audit.record("user.issued", account.tenant_id, target,
-                          {"public_key": key, "kind": "device", "reason": why,
+                          {"public_key": key, "kind": "device", "reason": why, "role": role,
                            "expires": expires})
         return "issued"
 
@@ -189,24 +207,31 @@ class Identities:
             if not deleted and row.get("jwt"):
                 await self.writer.update("nats_users", row["id"], {"jwt": "", "creds": ""})
             return "revoked" if changed else "unchanged"
+        own = self.own_role(row["name"])  # Cairn's own users: fixed, global roles
+        role = own or row.get("role") or ""
         try:
-            perms = self.roles.permissions(account.tenant_id, row.get("role") or "",
-                                           row["name"], account.slug)
+            perms = self.roles.permissions(account.tenant_id, role, row["name"], account.slug,
+                                           service_inbox(row["name"]),
+                                           global_only=own is not None)
         except RoleError as exc:
             await self.set_error("nats_users", row, f"role: {exc}", account.tenant_id)
             return "error"
+        sidecar_key = self.sidecars.key_of(row["name"])
+        if sidecar_key is not None:
+            return await self._sync_sidecar_user(account, row, grant, sidecar_key, perms, role)
         seed = row.get("seed") or ""
         try:
             user = nkey.from_seed(seed, "user") if seed else nkey.create("user")
         except nkey.NkeyError:
             user = nkey.create("user")
         public_key = user.public_key.decode()
-        why = self.needs_new_jwt(grant, public_key, perms)
+        why = self.needs_new_jwt(grant, public_key, perms, role)
         if why is None and row.get("creds"):
             if row.get("error"):
                 await self.writer.update("nats_users", row["id"], {"error": ""})
             return "unchanged"
-        token, expires = await self.sign(account, public_key, row["name"], perms, self.ttl)
+        token, expires = await self.sign(account, public_key, row["name"], perms, self.ttl,
+                                         role)
         seed_text = user.seed.decode()
         await self.writer.update("nats_users", row["id"], {
             "public_key": public_key, "jwt": token, "seed": seed_text,
@@ -217,6 +242,50 @@ class Identities:
                           {"public_key": public_key, "kind": "service",
                            "reason": why or "no creds", "expires": expires})
         return "issued"
+
+    def own_role(self, name: str) -> str | None:
+        """The fixed role of one of Cairn's own users, or None for a tenant's service user."""
+        if name == BRIDGE_USER:
+            return BRIDGE_ROLE
+        return self.sidecars.role_of(name)
+
+    async def _sync_sidecar_user(self, account: Account, row: dict[str, Any],
+                                 grant: dict[str, Any] | None, public_key: str,
+                                 perms: Permissions, role: str) -> str:
+        """A sidecar made its own key: only its public key is here, and only a JWT goes out
+        (no seed, no creds: the sidecar holds its seed and builds its creds itself)."""
+        target = f"nats_users/{row['name']}"
+        granted_key = grant.get("sub", "") if grant else ""
+        if granted_key and granted_key != public_key:
+            await self.revoke(account, {granted_key: int(grant.get("iat", 0)) if grant else 0},
+                              "service", target, "key replaced")
+        if not public_key:
+            return "unchanged"  # the sidecar has not registered its key yet
+        why = self.needs_new_jwt(grant, public_key, perms, role)
+        if why is None:
+            if row.get("error") or row.get("public_key") != public_key:
+                await self.writer.update("nats_users", row["id"],
+                                         {"public_key": public_key, "error": ""})
+            return "unchanged"
+        token, expires = await self.sign(account, public_key, row["name"], perms, self.ttl,
+                                         role)
+        await self.writer.update("nats_users", row["id"], {
+            "public_key": public_key, "jwt": token, "seed": "", "creds": "", "error": "",
+            "role": role,
+        })
+        metrics.ISSUED.labels("service").inc()
+        self.audit.record("user.issued", account.tenant_id, target,
+                          {"public_key": public_key, "kind": "sidecar", "reason": why,
+                           "expires": expires})
+        return "issued"
+
+
+def granted_role(claims: dict[str, Any]) -> str:
+    """The role a JWT we issued was signed with ("" for JWTs from before role tags)."""
+    for tag in claims.get("nats", {}).get("tags") or []:
+        if isinstance(tag, str) and tag.startswith(ROLE_TAG):
+            return tag[len(ROLE_TAG):]
+    return ""
 
 
 def _keys(key: str, granted_key: str, granted_iat: int) -> dict[str, int]:

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client as NATS
 
-from cairn_common.natsauth import connect_options
+from cairn_common.natsauth import connect_options, service_inbox
+from pb_hooks_bridge.identities import BRIDGE_USER
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class TenantLinks:
             nc = await nats.connect(
                 self.nats_url, name=f"cairn-bridge/{slug}", max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
+                inbox_prefix=service_inbox(BRIDGE_USER),
                 **connect_options(lambda: self.creds[tenant_id]),
             )
             self.conns[tenant_id] = nc

@@ -1,7 +1,8 @@
 """Role rows -> literal NATS permissions for one identity, with subject validation.
 
-`{code}` and `{tenant}` are expanded here, before signing, so every user JWT carries its
-literal subjects (NATS's own templates only work under scoped signing keys).
+`{code}`, `{tenant}` and `{inbox}` are expanded here, before signing, so every user JWT
+carries its literal subjects (NATS's own templates only work under scoped signing keys).
+A device's permissions must also stay inside its own subjects (`confine_to_device`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 MAX_SUBJECT = 256
 MAX_SUBJECTS = 256
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_ALLOWED_PLACEHOLDERS = {"code", "tenant"}
+_ALLOWED_PLACEHOLDERS = {"code", "tenant", "inbox"}
 ROLE_LISTS = ("publish_allow", "publish_deny", "subscribe_allow", "subscribe_deny")
 
 
@@ -53,10 +54,11 @@ def check_subject(subject: object, where: str) -> str:
 
 def validate_role(role: dict[str, Any]) -> None:
     """Check a role's templates without expanding them (placeholders are allowed tokens)."""
-    expand_role(role, code="placeholder-code", tenant="placeholder-tenant")
+    expand_role(role, code="placeholder-code", tenant="placeholder-tenant",
+                inbox="_INBOX_placeholder")
 
 
-def expand_role(role: dict[str, Any], code: str, tenant: str) -> Permissions:
+def expand_role(role: dict[str, Any], code: str, tenant: str, inbox: str) -> Permissions:
     name = role.get("name", "?")
     lists: dict[str, list[str]] = {}
     for field in ROLE_LISTS:
@@ -71,7 +73,8 @@ def expand_role(role: dict[str, Any], code: str, tenant: str) -> Permissions:
         for template in raw:
             if not isinstance(template, str):
                 raise RoleError(f"role {name}: {field}: subject must be a string")
-            subject = _expand(template, code, tenant, f"role {name}: {field}")
+            subject = _expand(template, {"code": code, "tenant": tenant, "inbox": inbox},
+                              f"role {name}: {field}")
             expanded.append(check_subject(subject, f"role {name}: {field}"))
         lists[field] = expanded
     return Permissions(
@@ -83,13 +86,41 @@ def expand_role(role: dict[str, Any], code: str, tenant: str) -> Permissions:
     )
 
 
-def _expand(template: str, code: str, tenant: str, where: str) -> str:
+def _expand(template: str, values: dict[str, str], where: str) -> str:
     def replace(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in _ALLOWED_PLACEHOLDERS:
             raise RoleError(
-                f"{where}: unknown placeholder {{{key}}} in {template!r} (use {{code}}, {{tenant}})"
+                f"{where}: unknown placeholder {{{key}}} in {template!r} "
+                "(use {code}, {tenant}, {inbox})"
             )
-        return code if key == "code" else tenant
+        return values[key]
 
     return _PLACEHOLDER.sub(replace, template)
+
+
+def confine_to_device(perms: Permissions, code: str, inbox: str) -> None:
+    """Refuse permissions that reach past `agents.<code>.>` and the device's inbox.
+
+    An empty allow list means "everything" to NATS, so each list must be non-empty; deny
+    lists only narrow and need no check. Replies to requests the device received travel
+    through `allow_responses`, not through a publish grant on other inboxes.
+    """
+    roots = (["agents", code], [inbox])
+    for field, allowed in (("publish_allow", perms.pub_allow),
+                           ("subscribe_allow", perms.sub_allow)):
+        if not allowed:
+            raise RoleError(f"{field} is empty, which NATS reads as every subject; a device "
+                            f"role must list subjects under agents.{code}.> or {inbox}.>")
+        for subject in allowed:
+            tokens = subject.split(".")
+            if not any(_within(tokens, root) for root in roots):
+                raise RoleError(
+                    f"{field}: {subject!r} is outside the device's own subjects "
+                    f"(agents.{code}.> and {inbox}.>); the bridge signs no wider device role"
+                )
+
+
+def _within(tokens: list[str], root: list[str]) -> bool:
+    """Every subject `tokens` matches lies under `root.>` (root tokens literal, then more)."""
+    return len(tokens) > len(root) and tokens[:len(root)] == root

@@ -70,6 +70,7 @@ class Reconciler:
             started = time.perf_counter()
             summary = Summary()
             await self._roles(summary)
+            self.identities.sidecars.load(await self.pb.list("sidecars"))
             tenants = await self.pb.list("tenants")
             live = {t["id"] for t in tenants}
             for tenant_id in [t for t in list(self.accounts.by_tenant) if t not in live]:
@@ -87,6 +88,7 @@ class Reconciler:
             return summary
 
     async def _roles(self, summary: Summary) -> None:
+        listed_at = time.monotonic()
         rows = await self.pb.list("nats_roles")
         good = []
         for row in rows:
@@ -99,7 +101,7 @@ class Reconciler:
                 summary.add("role", "error")
                 if row.get("error") != str(exc):
                     await self.pb.update("nats_roles", row["id"], {"error": str(exc)})
-        self.roles.load(good)
+        self.roles.load(good, listed_at)
 
     async def _orphan_accounts(self, summary: Summary) -> None:
         """Accounts on the server whose tenant was deleted while the bridge was away."""

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge.accounts import Account, AccountStore
 from pb_hooks_bridge.audit import AuditWriter
-from pb_hooks_bridge.identities import Identities
+from pb_hooks_bridge.identities import BRIDGE_ROLE, BRIDGE_USER, Identities
 from pb_hooks_bridge.limits import LimitsError
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.orphans import purge_account_streams
@@ -26,11 +26,9 @@ from pb_hooks_bridge.pusher import Pusher, PushError
 
 log = logging.getLogger(__name__)
 
-BRIDGE_USER = "cairn-bridge"
-SERVICE_USERS = (BRIDGE_USER, "cairn-router")
-SERVICE_ROLE = "service"
 STREAM = "TELEMETRY"
 STREAM_SUBJECTS = ["agents.*.telemetry.>"]
+MAX_MSG_SIZE = 1024 * 1024  # one telemetry document; larger publishes are refused
 
 
 class Tenants:
@@ -135,15 +133,18 @@ class Tenants:
             self.audit.record("stream.deleted", None, f"streams/{name}", details)
 
     async def ensure_service_users(self, account: Account) -> None:
+        """The bridge's own user, and one per registered sidecar (e.g. the router)."""
         rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')
         by_name = {row["name"]: row for row in rows}
-        for name in SERVICE_USERS:
+        sidecars = self.identities.sidecars
+        names = [BRIDGE_USER] + [n for n in sidecars.names() if sidecars.key_of(n)]
+        for name in names:
             row = by_name.get(name)
             if row is None:
                 try:
                     row = await self.pb.create("nats_users", {
-                        "tenant": account.tenant_id, "name": name, "role": SERVICE_ROLE,
-                        "active": True,
+                        "tenant": account.tenant_id, "name": name,
+                        "role": self.identities.own_role(name) or BRIDGE_ROLE, "active": True,
                     })
                 except PocketBaseError as exc:  # created concurrently (unique tenant+name)
                     if exc.status != 400:
@@ -176,10 +177,11 @@ class Tenants:
         js = nc.jetstream(timeout=5)
         config = StreamConfig(
             name=STREAM, subjects=STREAM_SUBJECTS, storage=StorageType.FILE,
-            # no max_bytes: nats-server would reserve it against the server's store; the
-            # age limit and the tenant's own jetstream_storage limit bound the stream
-            max_age=float(self.telemetry_max_age), discard=DiscardPolicy.OLD,
-            duplicate_window=120.0,
+            # bounded by age and size (the tenant's telemetry_max_bytes, inside its
+            # jetstream_storage quota); when full the oldest telemetry goes first
+            max_age=float(self.telemetry_max_age), max_bytes=account.telemetry_max_bytes,
+            max_msg_size=MAX_MSG_SIZE, discard=DiscardPolicy.OLD, duplicate_window=120.0,
+            allow_direct=True,  # viewers read history with direct gets (no consumers)
         )
         try:
             info = await js.stream_info(STREAM)
@@ -189,6 +191,12 @@ class Tenants:
                               {"max_age": self.telemetry_max_age})
             return
         current = info.config
-        if current.subjects != STREAM_SUBJECTS or int(current.max_age or 0) != int(
-                self.telemetry_max_age):
+        if (current.subjects != STREAM_SUBJECTS
+                or int(current.max_age or 0) != int(self.telemetry_max_age)
+                or current.max_bytes != config.max_bytes
+                or current.max_msg_size != config.max_msg_size
+                or not current.allow_direct):
             await js.update_stream(config)
+            self.audit.record("stream.updated", account.tenant_id, f"streams/{STREAM}",
+                              {"max_age": self.telemetry_max_age,
+                               "max_bytes": config.max_bytes})

@@ -12,7 +12,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Cairn rule router: evaluates YAML rules from PocketBase against NATS "
         "messages, publishes alerts and calls webhooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    no_env = "do not require ${ENV} variables used by the rules to be set"
+    no_env = ("do not require ${ENV} variables used by the rules to be set (they must still "
+              "be listed in CAIRN_ROUTER_ENV_ALLOW)")
     test = sub.add_parser("test", help="show what a rules file would do with one message")
     test.add_argument("rule", metavar="RULE.yaml", help="a rules file (one rule or a list)")
     test.add_argument("message", metavar="MESSAGE.json", help="the message payload ('-': stdin)")

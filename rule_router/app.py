@@ -1,8 +1,9 @@
 """The router service: wiring, start and stop.
 
-Start: superuser login -> realtime on rules, tenants, nats_users -> resync (tenants with a
-`cairn-router` user get a TenantRouter; every rules row validated, status written back) ->
-follow events. Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish
+Start: sign in as the router's own `sidecars` record (never the superuser) and register
+its public key -> realtime on rules, tenants, nats_users -> resync (tenants where the bridge
+signed a JWT for our key get a TenantRouter; every rules row validated, status written
+back) -> follow events. Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish
 (bounded), drain each tenant connection, close HTTP and PocketBase.
 """
 
@@ -20,11 +21,14 @@ import httpx
 from prometheus_client import start_http_server
 
 from cairn_common import logs
-from cairn_common.creds import CredsError, parse
+from cairn_common.filemodes import NotPrivateError
+from cairn_common.nkey import NkeyError
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
-from cairn_common.superuser import LoginMissing, superuser_login
+from cairn_common.sidecar_login import SidecarLoginError
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
+from rule_router.actions.egress import guarded_client
+from rule_router.identity import IdentityFiles, RouterIdentity
 from rule_router.model import Rule
 from rule_router.ruleset import RuleSet
 from rule_router.sources import DirRules, RowRules
@@ -33,18 +37,17 @@ from rule_router.tenant import TenantRouter
 log = logging.getLogger(__name__)
 
 TOPICS = ["rules/*", "tenants/*", "nats_users/*"]
-SERVICE_USER = "cairn-router"
 DIR_POLL = 2.0
 EVERY_TENANT = "*"
 
 
 class Router:
-    def __init__(self, pb_url: str, nats_url: str, login: tuple[str, str],
+    def __init__(self, pb_url: str, nats_url: str, identity: RouterIdentity,
                  rules_dir: Path | None = None, http: httpx.AsyncClient | None = None) -> None:
         self.pb = PocketBase(pb_url)
         self.nats_url = nats_url
-        self.login = login
-        self.http = http or httpx.AsyncClient()
+        self.identity = identity
+        self.http = http or guarded_client()  # webhooks: public addresses only (SSRF)
         self.rows = RowRules(self.pb, self._changed)
         self.files = DirRules(rules_dir) if rules_dir else None
         self.tenants: dict[str, TenantRouter] = {}
@@ -56,7 +59,7 @@ class Router:
         self._swap_pending = False
 
     async def start(self) -> None:
-        await self.pb.auth_superuser(*self.login)
+        await self.identity.sign_in(self.pb)
         if self.files is not None:
             self.files.reload()
         self.tasks = [asyncio.create_task(follow_realtime(
@@ -80,7 +83,7 @@ class Router:
         are loaded (it would be acked without being evaluated)."""
         await self.rows.load_all()
         tenants = {t["id"]: t for t in await self.pb.list("tenants")}
-        users = await self.pb.list("nats_users", filter=f'name = "{SERVICE_USER}"')
+        users = await self.pb.list("nats_users", filter=f'name = "{self.identity.name}"')
         for row in users:
             self._remember(row)
         for tenant_id in [t for t in self.tenants if t not in tenants
@@ -107,7 +110,7 @@ class Router:
         record, deleted = event.record, event.action == "delete"
         if event.collection == "rules":
             await self.rows.apply(record, deleted=deleted)
-        elif event.collection == "nats_users" and record.get("name") == SERVICE_USER:
+        elif event.collection == "nats_users" and record.get("name") == self.identity.name:
             self._remember(record)
             if not deleted and record.get("tenant") not in self.tenants:
                 tenant = await self.pb.get("tenants", record["tenant"])
@@ -121,17 +124,17 @@ class Router:
                 await self._ensure_tenant(record)
 
     def _remember(self, row: dict[str, Any]) -> None:
-        try:
-            self.creds[row["tenant"]] = parse(row.get("creds") or "")
-        except CredsError:
-            pass  # not issued yet: the row's update event brings it
+        found = self.identity.creds_for(row)
+        if found is not None:  # else not signed for our key yet: the row's update brings it
+            self.creds[row["tenant"]] = found
 
     async def _ensure_tenant(self, tenant: dict[str, Any]) -> None:
         tenant_id = tenant["id"]
         if tenant_id in self.tenants or not tenant.get("active") or tenant_id not in self.creds:
             return
         router = TenantRouter(tenant.get("slug", tenant_id), self.nats_url,
-                              lambda: self.creds[tenant_id], self.http, self._suspend)
+                              lambda: self.creds[tenant_id], self.http, self._suspend,
+                              user=self.identity.name, on_warn=self._warn)
         router.ruleset = self._ruleset(tenant_id)  # before the first message is taken
         self.tenants[tenant_id] = router
         try:
@@ -144,6 +147,15 @@ class Router:
         log.info("routing tenant", extra={"tenant": router.slug})
 
     # -- rule sets ---------------------------------------------------------------------
+
+    def _warn(self, rule: Rule, message: str) -> None:
+        """A tenant runtime's warning about a rule (hop limit) to where the rule came from."""
+        if self.files is not None and self.files.warn(rule.source, message):
+            return
+        task = asyncio.create_task(self.rows.warn(rule.source, message))
+        self.tasks.append(task)
+        task.add_done_callback(_log_failure)
+        task.add_done_callback(self.tasks.remove)  # a loop warns again every minute
 
     def _suspend(self, rule: Rule, reason: str) -> None:
         if self.files is not None and self.files.suspend(rule.source, reason):
@@ -193,8 +205,8 @@ def main_run(args: argparse.Namespace) -> int:
     env = os.environ
     data_dir = Path(env.get("CAIRN_DATA_DIR") or "./data").resolve()
     try:
-        login = superuser_login(env, data_dir)
-    except LoginMissing as exc:
+        identity = RouterIdentity(IdentityFiles.from_env(env, data_dir))
+    except (SidecarLoginError, NotPrivateError, NkeyError) as exc:
         print(f"error: {exc}")
         return 1
     pb_url = env.get("CAIRN_PB_URL") or f"http://127.0.0.1:{env.get('CAIRN_PB_PORT', '8090')}"
@@ -208,7 +220,7 @@ def main_run(args: argparse.Namespace) -> int:
     if port:
         start_http_server(port, addr="127.0.0.1")
     try:
-        asyncio.run(_serve(Router(pb_url, nats_url, login, rules_dir)))
+        asyncio.run(_serve(Router(pb_url, nats_url, identity, rules_dir)))
     except PocketBaseError as exc:
         print(f"error: {exc}")
         return 1

@@ -8,7 +8,12 @@ test RULE.yaml MESSAGE.json [--subject S]
     rendered for this message; 2 on usage errors (unreadable files, message not JSON,
     wildcard filter without --subject).
 check FILE...
-    Validate files: `FILE: ok (N rules)` or `FILE:LINE: message`; exit 1 if any is invalid.
+    Validate files: `FILE: ok (N rules)` (then `FILE:LINE: warning: ...` for each warning)
+    or `FILE:LINE: message`; exit 1 if any is invalid.
+
+Both apply the router's own checks with the router's settings read from the environment:
+`${NAME}` must be listed in CAIRN_ROUTER_ENV_ALLOW (always), and set (unless
+--no-env-check); a webhook to a literal non-public address needs CAIRN_ROUTER_WEBHOOK_ALLOW.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ def cmd_check(paths: list[str], check_env: bool = True, out: TextIO | None = Non
             status = 1
             continue
         print(f"{path}: ok ({len(rules)} rule{'s' if len(rules) != 1 else ''})", file=out)
+        for warning in (w for r in rules for w in r.warnings):
+            print(f"{path}:{warning.line}: {warning.message}", file=out)
     return status
 
 

@@ -5,7 +5,8 @@
     ├── ExpressionError      a `match` expression does not parse; carries the 1-based column
     ├── TemplateSyntaxError  a template is malformed; carries the 0-based offset in its text
     ├── TemplateError        a template cannot be rendered for this message (runtime, counted)
-    └── ActionError          an action could not be handed to NATS (runtime, counted)
+    ├── ActionError          an action could not be handed to NATS (runtime, counted)
+    └── EgressRefused        a webhook's address is not one it may reach (never retried)
 
 `ExpressionError` and `TemplateSyntaxError` are raised by the pure sub-parsers; `parse.py`
 converts them into a `RuleError` that names the YAML line.
@@ -69,3 +70,9 @@ class RegexTimeout(RouterError):
 
 class ActionError(RouterError):
     """An action failed in a way its caller must handle (e.g. NATS refused the publish)."""
+
+
+class EgressRefused(RouterError):
+    """A webhook would connect to an address the router may not reach (loopback, private,
+    metadata, ...; see `rule_router.addresses`). Retrying cannot help, so it is not retried.
+    Deliberately not an httpcore/httpx exception: it passes through them unchanged."""

@@ -11,6 +11,8 @@ Decisions:
   element becomes the root for the paths inside it; with a value each element is
   compared with `eq`. Empty array: any false, all true, none true.
 - Actions are rendered all or nothing: one TemplateError fails the whole firing.
+- `${NAME}` sees only the names in CAIRN_ROUTER_ENV_ALLOW (default `env`: a RuleEnv of
+  the process environment); a plain `env` mapping is taken as all there is to see.
 - The throttle is checked after the condition and before rendering: a window opens when
   a rule matches and may fire, even if rendering then fails (errors are then reported at
   most once per window too).
@@ -19,12 +21,12 @@ Decisions:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from rule_router.environment import RuleEnv
 from rule_router.errors import RegexTimeout, RouterError, TemplateError
 from rule_router.model import (
     MISSING,
@@ -91,7 +93,7 @@ def evaluate(rule: Rule, subject: str, payload: bytes | str | Any, *,
         return None
     decoded = decode(payload)
     ctx = Context(decoded.data, subject, now or datetime.now(UTC),
-                  env if env is not None else os.environ, mask_env)
+                  env if env is not None else RuleEnv.from_environ(), mask_env)
     return _fire(rule, subject, decoded, ctx, throttle)
 
 
@@ -122,7 +124,7 @@ def evaluate_many(rules: Iterable[Rule], subject: str, payload: bytes | str | An
     past its time limit (one rule's error never stops the others)."""
     message = decode(payload)
     ctx = Context(message.data, subject, now or datetime.now(UTC),
-                  env if env is not None else os.environ, False)
+                  env if env is not None else RuleEnv.from_environ(), False)
     firings: list[Firing] = []
     errors: list[tuple[Rule, RouterError]] = []
     for rule in rules:

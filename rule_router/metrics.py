@@ -11,6 +11,8 @@ WEBHOOK_RETRIES = Counter("cairn_router_webhook_retries_total", "Webhook attempt
 DEADLETTERS = Counter("cairn_router_deadletters_total", "Messages sent to alerts.deadletter")
 RUNTIME_ERRORS = Counter("cairn_router_runtime_errors_total",
                          "Actions that could not be rendered (missing field, bad subject)")
+LOOP_DROPPED = Counter("cairn_router_loop_dropped_total",
+                       "Messages not evaluated: they reached the hop limit (rules in a loop)")
 EVAL_SECONDS = Histogram(
     "cairn_router_evaluation_seconds", "Rule evaluation per message",
     buckets=(0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05),

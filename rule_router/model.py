@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 
 DEFAULT_SUBJECT = "agents.*.telemetry.>"
 
+# Bounds of a webhook action. A rule is written by a tenant admin and every attempt holds a
+# slot of the router's shared concurrency, so one rule may cost at most
+# MAX_ATTEMPTS * MAX_TIMEOUT seconds of calls plus waits of at most MAX_BACKOFF each.
+MAX_TIMEOUT = 30.0  # seconds per attempt, connect to last byte read
+MAX_ATTEMPTS = 10  # `retries`: attempts in total
+MAX_BACKOFF = 30.0  # seconds: the first wait (`backoff`) and the cap of the doubled waits
+
 
 class _Missing:
     """The value of a path that is not in the message (distinct from JSON null)."""
@@ -195,6 +202,18 @@ Action = PublishAction | WebhookAction
 
 
 @dataclass(frozen=True)
+class RuleWarning:
+    """Something to tell the rule's author that does not make the rule invalid."""
+
+    message: str
+    line: int = 0
+
+    @property
+    def row_message(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+@dataclass(frozen=True)
 class Rule:
     """One compiled rule. `id` is `<source>#<index>`: stable across reloads of the same row,
     so throttle windows survive an edit. `condition` None means: always true."""
@@ -208,6 +227,7 @@ class Rule:
     line: int = 1
     source: str = ""
     match: str | None = None
+    warnings: tuple[RuleWarning, ...] = ()
     # `condition` compiled (predicates.compile_condition); set by the parser
     predicate: Callable[[Any, Any], bool] | None = field(default=None, compare=False,
                                                          repr=False)

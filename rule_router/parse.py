@@ -11,32 +11,42 @@ model and may be mixed key by key, as long as each thing is said once:
 
 A missing subject means `agents.*.telemetry.>`; a missing condition means always true.
 Unknown keys, wrong types, bad subjects, regexes, templates, variables and durations are
-errors. Errors are `RuleError(message, line)` with the 1-based line of the offending key
-or value (from the YAML node marks); `parse_rules` raises the first one.
+errors; so is what a tenant admin may not do (SPEC §11): listening outside `agents.>` and
+`alerts.>`, publishing outside `alerts.`, a `${NAME}` not listed in CAIRN_ROUTER_ENV_ALLOW,
+a webhook to a literal non-public address, webhook numbers past the bounds in `model`.
+A rule that publishes where it listens is valid, with a warning in `Rule.warnings`.
+Errors are `RuleError(message, line)` with the 1-based line of the offending key or value
+(from the YAML node marks); `parse_rules` raises the first one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from rule_router.addresses import EgressPolicy, literal_refusal
 from rule_router.conditions import check_variables, group
+from rule_router.environment import RuleEnv
 from rule_router.errors import ExpressionError, RuleError, TemplateSyntaxError
 from rule_router.expression import parse_expression
+from rule_router.hops import HOPS_HEADER, self_loop_warnings
 from rule_router.model import (
     DEFAULT_SUBJECT,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF,
+    MAX_TIMEOUT,
     Action,
     PublishAction,
     Rule,
     WebhookAction,
 )
 from rule_router.predicates import compile_condition
-from rule_router.subjects import filter_error
+from rule_router.subjects import PUBLISH_PREFIX, filter_error, namespace_error
 from rule_router.templates import Template, compile_template
 from rule_router.yamlnodes import (
     compose,
@@ -55,11 +65,14 @@ RULE_KEYS = ("name", "subject", "trigger", "match", "conditions", "actions", "ac
 
 
 def parse_rules(text: str, source: str = "", env: Mapping[str, str] | None = None,
-                check_env: bool = True) -> list[Rule]:
+                check_env: bool = True, egress: EgressPolicy | None = None) -> list[Rule]:
     """Parse a `rules.yaml` value. `source` (a row id or file name) prefixes rule ids and
-    error messages. `${ENV}` names must exist in `env` (default: os.environ) unless
-    `check_env` is false. Raises the first RuleError."""
-    env_map = None if not check_env else (os.environ if env is None else env)
+    error messages. `${NAME}` must be allowed by `env` — default: the process environment
+    through CAIRN_ROUTER_ENV_ALLOW; a plain mapping is every name visible — and set in it,
+    unless `check_env` is false. Webhook hosts written as addresses are checked against
+    `egress` (default: CAIRN_ROUTER_WEBHOOK_ALLOW). Raises the first RuleError."""
+    env_map = _rule_env(env, check_env)
+    egress = EgressPolicy.from_environ() if egress is None else egress
     try:
         root = compose(text)
         nodes = root.value if isinstance(root, SequenceNode) else [root]
@@ -67,13 +80,21 @@ def parse_rules(text: str, source: str = "", env: Mapping[str, str] | None = Non
             raise RuleError("the list of rules is empty", line(root))
         rules = []
         for index, node in enumerate(nodes):
-            rules.append(_rule(node, index, source, env_map))
+            rules.append(_rule(node, index, source, env_map, egress))
         return rules
     except RuleError as exc:
         exc.source = source
         raise
     except RecursionError:
         raise RuleError("the document is nested too deeply", None, source) from None
+
+
+def _rule_env(env: Mapping[str, str] | None, check_env: bool) -> RuleEnv:
+    if env is None:
+        return RuleEnv.from_environ(require_set=check_env)
+    if isinstance(env, RuleEnv):
+        return RuleEnv(env.allow, env.source, require_set=env.require_set and check_env)
+    return RuleEnv(env, env, require_set=check_env)
 
 
 def validate(text: str, source: str = "", env: Mapping[str, str] | None = None) -> str | None:
@@ -97,7 +118,7 @@ def load_file(path: str | Path, env: Mapping[str, str] | None = None,
 
 # ----------------------------------------------------------------------------- rules
 
-def _rule(node: Node, index: int, source: str, env: Mapping[str, str] | None) -> Rule:
+def _rule(node: Node, index: int, source: str, env: RuleEnv, egress: EgressPolicy) -> Rule:
     m = mapping(node, "a rule", RULE_KEYS)
     for a, b in (("subject", "trigger"), ("match", "conditions"), ("action", "actions")):
         if a in m and b in m:
@@ -116,7 +137,7 @@ def _rule(node: Node, index: int, source: str, env: Mapping[str, str] | None) ->
             raise RuleError("trigger.nats needs a 'subject'", line(trig["nats"][0]))
         subject_node = nats["subject"][1]
         subject = string(subject_node, "trigger.nats.subject")
-    problem = filter_error(subject)
+    problem = filter_error(subject) or namespace_error(subject)
     if problem:
         raise RuleError(problem, line(subject_node))
     condition, match_text = None, None
@@ -133,12 +154,13 @@ def _rule(node: Node, index: int, source: str, env: Mapping[str, str] | None) ->
     key_name = "actions" if "actions" in m else "action"
     if key_name not in m:
         raise RuleError("a rule needs 'actions' (publish or webhook)", line(node))
-    actions = parse_actions(m[key_name][1], subject, env)
+    actions = parse_actions(m[key_name][1], subject, env, egress)
     throttle = duration(m["throttle"][1], "throttle") if "throttle" in m else None
-    return Rule(id=f"{source}#{index}", name=name, subject=subject, condition=condition,
+    rule = Rule(id=f"{source}#{index}", name=name, subject=subject, condition=condition,
                 actions=actions, throttle=throttle, line=line(node), source=source,
                 match=match_text,
                 predicate=None if condition is None else compile_condition(condition))
+    return replace(rule, warnings=self_loop_warnings(rule))
 
 
 # ----------------------------------------------------------------------------- actions
@@ -152,22 +174,25 @@ _KINDS = {  # action key → (nested?, allowed keys, subject/url key)
                     "backoff")),
 }
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-MAX_ATTEMPTS = 20
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def parse_actions(node: Node, subject: str, env: Mapping[str, str] | None) -> tuple[Action, ...]:
+def parse_actions(node: Node, subject: str, env: Mapping[str, str] | None,
+                  egress: EgressPolicy | None = None) -> tuple[Action, ...]:
     """One action mapping or a list of them; each is publish/webhook (short) or nats/http
     (structured)."""
+    egress = EgressPolicy.from_environ() if egress is None else egress
     items = [node] if isinstance(node, MappingNode) else getattr(node, "value", None)
     if not isinstance(items, list):
         raise RuleError("actions must be a list of actions (or one action)", line(node))
     if not items:
         raise RuleError("actions must not be empty", line(node))
-    return tuple(_action(n, f"actions[{i}]", subject, env) for i, n in enumerate(items))
+    return tuple(_action(n, f"actions[{i}]", subject, env, egress)
+                 for i, n in enumerate(items))
 
 
-def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None) -> Action:
+def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None,
+            egress: EgressPolicy) -> Action:
     keys = [k.value for k, _ in node.value] if isinstance(node, MappingNode) else []
     kinds = [k for k in _KINDS if k in keys]
     if len(kinds) != 1:
@@ -188,13 +213,16 @@ def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None) 
     target_node = m[target][1]
     headers = _headers(m, what, subject, env)
     if kind in ("publish", "nats"):
-        return PublishAction(_template(target_node, f"{what}.{target}", "subject", subject, env),
-                             _payload(m, what, subject, env), headers, line(node))
+        return _publish(m, what, target, subject, env, headers, node)
     url = _template(target_node, f"{what}.{target}", "url", subject, env)
     first = url.parts[0] if url.parts else ""
     if isinstance(first, str) and not first.startswith(("http://", "https://")):
         raise RuleError(f"{what}.{target} must start with http:// or https://",
                         line(target_node))
+    refusal = None if any(p.env for p in url.placeholders) else literal_refusal(
+        [p if isinstance(p, str) else None for p in url.parts], egress)
+    if refusal:
+        raise RuleError(f"{what}.{target}: {refusal}", line(target_node))
     method = "POST"
     if "method" in m:
         method = string(m["method"][1], f"{what}.method").upper()
@@ -204,13 +232,35 @@ def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None) 
     attempts = 3
     if "retries" in m:
         attempts = int(number(m["retries"][1], f"{what}.retries", 1, integer=True))
-        if attempts > MAX_ATTEMPTS:
-            raise RuleError(f"{what}.retries must be at most {MAX_ATTEMPTS}",
-                            line(m["retries"][1]))
+        _at_most(attempts, MAX_ATTEMPTS, f"{what}.retries", m["retries"][1], " attempts")
+    timeout = 10.0
+    if "timeout" in m:
+        timeout = duration(m["timeout"][1], f"{what}.timeout")
+        _at_most(timeout, MAX_TIMEOUT, f"{what}.timeout", m["timeout"][1], "s")
     return WebhookAction(
         url=url, method=method, headers=headers, body=_payload(m, what, subject, env),
-        timeout=duration(m["timeout"][1], f"{what}.timeout") if "timeout" in m else 10.0,
-        attempts=attempts, backoff=_backoff(m, what), line=line(node))
+        timeout=timeout, attempts=attempts, backoff=_backoff(m, what), line=line(node))
+
+
+def _publish(m: dict[str, tuple[Node, Node]], what: str, target: str, subject: str,
+             env: Mapping[str, str] | None, headers: tuple[tuple[str, Template], ...],
+             node: Node) -> PublishAction:
+    target_node = m[target][1]
+    template = _template(target_node, f"{what}.{target}", "subject", subject, env)
+    first = template.parts[0] if template.parts else ""
+    if not (isinstance(first, str) and first.startswith(PUBLISH_PREFIX)):
+        raise RuleError(f"{what}.{target} must start with {PUBLISH_PREFIX!r}: rules publish "
+                        f"only under {PUBLISH_PREFIX}>", line(target_node))
+    for name, _ in headers:
+        if name.lower() == HOPS_HEADER.lower():
+            raise RuleError(f"{what}.headers: {HOPS_HEADER} is set by the router",
+                            line(m["headers"][1]))
+    return PublishAction(template, _payload(m, what, subject, env), headers, line(node))
+
+
+def _at_most(value: float, bound: float, what: str, node: Node, unit: str) -> None:
+    if value > bound:
+        raise RuleError(f"{what} must be at most {bound:g}{unit} (got {value:g})", line(node))
 
 
 def _backoff(m: dict[str, tuple[Node, Node]], what: str) -> float:
@@ -218,8 +268,11 @@ def _backoff(m: dict[str, tuple[Node, Node]], what: str) -> float:
         return 0.5
     node = m["backoff"][1]
     if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:str":
-        return duration(node, f"{what}.backoff")
-    return float(number(node, f"{what}.backoff", 0))
+        value = duration(node, f"{what}.backoff")
+    else:
+        value = float(number(node, f"{what}.backoff", 0))
+    _at_most(value, MAX_BACKOFF, f"{what}.backoff", node, "s")
+    return value
 
 
 def _template(node: Node, what: str, kind: str, subject: str,

@@ -1,11 +1,16 @@
 """Where rules come from: the `rules` collection (validation written back to the row) or,
 for development, a directory of YAML files. Both hand per-tenant rule lists to the app;
-an edit that breaks a valid rule keeps the last good version running and says so."""
+an edit that breaks a valid rule keeps the last good version running and says so.
+
+Warnings (a rule that publishes where it listens, found at validation; messages at the hop
+limit, reported by the tenant runtime) go to the row's `error` with `status` left `valid`,
+or to the log for files."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,14 @@ from rule_router.parse import parse_rules
 
 log = logging.getLogger(__name__)
 
+WARN_EVERY = 60.0  # seconds: a row's runtime warning is written at most this often
+
+
+def warning_text(rules: list[Rule]) -> str:
+    """The row's `error` for a valid row: its rules' warnings, or empty."""
+    return "; ".join(w.row_message for r in rules for w in r.warnings)
+
+
 class RowRules:
     """rules rows -> {tenant id: {row id: [Rule]}} of the last valid enabled versions."""
 
@@ -27,6 +40,7 @@ class RowRules:
         self.good: dict[str, dict[str, list[Rule]]] = {}
         self.seen: dict[str, tuple[str, bool]] = {}  # row id -> (yaml, enabled) applied
         self.invalid: set[str] = set()
+        self.warned: dict[str, tuple[float, str]] = {}  # row id -> (when, runtime warning)
 
     def rules_for(self, tenant_id: str) -> dict[str, list[Rule]]:
         return dict(self.good.get(tenant_id, {}))
@@ -48,6 +62,7 @@ class RowRules:
         if deleted:
             self.seen.pop(row_id, None)
             self.invalid.discard(row_id)
+            self.warned.pop(row_id, None)
             if by_row.pop(row_id, None) is not None:
                 self.on_change(tenant_id)
             self._gauge()
@@ -65,7 +80,8 @@ class RowRules:
             self._gauge()
             return
         self.invalid.discard(row_id)
-        await self._report(row, "valid", "")
+        self.warned.pop(row_id, None)
+        await self._report(row, "valid", warning_text(rules))
         if enabled:
             by_row[row_id] = rules
         else:
@@ -85,6 +101,20 @@ class RowRules:
         self._gauge()
         log.error("rule suspended", extra={"rule": row_id, "error": reason})
         await self._report({"id": row_id}, "invalid", reason)
+
+    async def warn(self, row_id: str, message: str) -> None:
+        """A runtime warning into a running row's `error`; `status` stays `valid`. The same
+        warning is written at most once per WARN_EVERY (a loop repeats it all the time)."""
+        rules = next((by_row[row_id] for by_row in self.good.values() if row_id in by_row),
+                     None)
+        if rules is None or row_id in self.invalid:
+            return  # gone, or the row shows why it is invalid: that message stays
+        now, last = time.monotonic(), self.warned.get(row_id)
+        if last is not None and last[1] == message and now - last[0] < WARN_EVERY:
+            return
+        self.warned[row_id] = (now, message)
+        text = "; ".join(t for t in (warning_text(rules), message) if t)  # validation's first
+        await self._report({"id": row_id}, "valid", text)
 
     async def _report(self, row: dict[str, Any], status: str, error: str) -> None:
         if row.get("status") == status and (row.get("error") or "") == error:
@@ -128,14 +158,25 @@ class DirRules:
             if self.stamps.get(path) == stamp:
                 continue
             try:
-                self.good[str(path)] = parse_rules(path.read_text(), source=path.name)
+                self.good[str(path)] = rules = parse_rules(path.read_text(), source=path.name)
                 changed = True
+                for warning in (w for r in rules for w in r.warnings):
+                    log.warning("rules file loaded with a warning",
+                                extra={"file": f"{path}:{warning.line}",
+                                       "error": warning.message})
             except (RuleError, OSError) as exc:
                 where = f"{path}:{exc.line}" if isinstance(exc, RuleError) else str(path)
                 log.error("rules file not loaded; the last valid version stays active",
                           extra={"file": where, "error": str(exc)})
         self.stamps = files
         return changed
+
+    def warn(self, source: str, message: str) -> bool:
+        """Log a runtime warning for a file's rule; False if not one of ours."""
+        if not any(rules and rules[0].source == source for rules in self.good.values()):
+            return False
+        log.warning("rules file warning", extra={"file": source, "error": message})
+        return True
 
     def suspend(self, source: str, reason: str) -> bool:
         """Take a file's rules out until the file changes; False if not one of ours."""

@@ -4,6 +4,11 @@ A filter is dot-separated tokens; `*` matches exactly one token, `>` (last token
 matches one or more. Wildcards must be whole tokens. `SubjectIndex` is a token trie with
 `*` and `>` branches: looking a subject up costs O(tokens * wildcard branches), not
 O(rules). It is immutable — build a new one and swap the reference to hot-reload.
+
+Rules may listen only within `agents.>` and `alerts.>` and publish only under `alerts.`:
+the router's NATS identity may subscribe to nothing else (apart from its own inbox) and
+publish nowhere else, so a rule outside them could never work, and a rule on `>` or
+`_INBOX.>` or `$JS.API.>` would be reading other identities' traffic.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+LISTEN_WITHIN = ("agents", "alerts")  # a trigger filter lies within `<token>.>`
+PUBLISH_PREFIX = "alerts."
 
 
 def filter_error(subject: str) -> str | None:
@@ -41,6 +49,66 @@ def _check(subject: str, wildcards: bool) -> str | None:
         elif "*" in token or ">" in token:
             return f"subject {subject!r}: a wildcard must be a whole token ({token!r})"
     return None
+
+
+def namespace_error(filter_: str) -> str | None:
+    """Why a (valid) trigger filter lies outside the subjects rules may listen on, or None."""
+    tokens = filter_.split(".")
+    if len(tokens) >= 2 and tokens[0] in LISTEN_WITHIN:
+        return None
+    within = " or ".join(f"{t}.>" for t in LISTEN_WITHIN)
+    return f"subject {filter_!r} is outside what rules may listen on ({within})"
+
+
+def may_match(filter_: str, pattern: list[str | None]) -> bool:
+    """Can some subject that `filter_` matches be written as `pattern`: literal text, with
+    each None standing for any text (dots included, or nothing)? Used to spot a rule that
+    publishes where it listens. Exact, by walking the filter's character automaton."""
+    tokens = filter_.split(".")
+    alphabet = {c for t in tokens for c in t if t not in ("*", ">")} | {".", "\x00"}
+    states = {(0, 0)}
+    for part in pattern:
+        if part is None:
+            states = _closure(tokens, states, alphabet)
+        else:
+            for ch in part:
+                states = {n for s in states for n in _step(tokens, s, ch)}
+        if not states:
+            return False
+    return any(_accepts(tokens, s) for s in states)
+
+
+def _step(tokens: list[str], state: tuple[int, int], ch: str) -> list[tuple[int, int]]:
+    """States after `ch`: (token index, characters into it; 1 means "some" for * and >)."""
+    i, k = state
+    token, last = tokens[i], i == len(tokens) - 1
+    if token in ("*", ">"):
+        if ch != ".":
+            return [(i, 1)]
+        if k and not last:
+            return [(i + 1, 0)]
+        return [(i, 0)] if k and token == ">" else []
+    if k < len(token):
+        return [(i, k + 1)] if ch == token[k] else []
+    return [(i + 1, 0)] if ch == "." and not last else []
+
+
+def _closure(tokens: list[str], states: set[tuple[int, int]],
+             alphabet: set[str]) -> set[tuple[int, int]]:
+    seen, todo = set(states), list(states)
+    while todo:
+        state = todo.pop()
+        for nxt in (n for ch in alphabet for n in _step(tokens, state, ch)):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _accepts(tokens: list[str], state: tuple[int, int]) -> bool:
+    i, k = state
+    token = tokens[i]
+    return i == len(tokens) - 1 and (k == len(token) if token not in ("*", ">") else k == 1)
 
 
 def has_wildcards(subject: str) -> bool:

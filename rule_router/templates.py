@@ -3,7 +3,8 @@
 Placeholder syntax: `{` immediately followed by a letter, `_` or `@` opens a placeholder,
 which must be one field path or variable and close with `}`; any other `{` or `}` is
 literal text (so JSON object braces need no escaping). `${NAME}` reads the environment
-when the action is rendered.
+when the action is rendered, and only names listed in CAIRN_ROUTER_ENV_ALLOW
+(`rule_router.environment`): an unlisted name is an error, never a value.
 
 Variables: `@subject`, `@subject.N` (0-based token; negative counts from the end),
 `@timestamp` (RFC 3339 UTC), `@time.year|month|day|hour|minute|second|weekday`
@@ -21,7 +22,8 @@ How a value is inserted depends on the template's kind:
   URL can come from the environment).
 - `subject`: strings raw, numbers/bools/null as JSON text, objects and arrays refused; the
   result must be a valid concrete NATS subject (no whitespace, empty tokens, wildcards).
-A missing field or environment variable at render time raises TemplateError.
+A missing field, an unlisted or unset environment variable at render time raises
+TemplateError.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from rule_router.environment import env_allows, env_problem, not_allowed, not_set
 from rule_router.errors import TemplateError, TemplateSyntaxError
 from rule_router.model import MISSING, FieldRef, resolve_path, scan_ref
 from rule_router.subjects import subject_error
@@ -148,7 +151,9 @@ class Template:
 def compile_template(text: str, kind: str, subject_filter: str | None = None,
                      env: Mapping[str, str] | None = None) -> Template:
     """Compile and validate a template. `kind` "payload" picks "json" or "text" from the
-    content. With `env`, a `${NAME}` absent from it is an error. Raises TemplateSyntaxError."""
+    content. With `env` (a RuleEnv, or a plain mapping of every visible name), a `${NAME}`
+    it does not allow, or (RuleEnv.require_set) that is unset, is an error.
+    Raises TemplateSyntaxError."""
     if kind not in KINDS:
         raise ValueError(f"unknown template kind {kind!r}")
     parts = _scan(text)
@@ -159,9 +164,9 @@ def compile_template(text: str, kind: str, subject_filter: str | None = None,
                     check_variable(p.ref, subject_filter)
                 except TemplateSyntaxError as exc:
                     raise TemplateSyntaxError(exc.message, p.offset) from None
-            if p.env is not None and env is not None and p.env not in env:
-                raise TemplateSyntaxError(
-                    f"environment variable {p.env} is not set", p.offset)
+            problem = None if p.env is None or env is None else env_problem(env, p.env)
+            if problem:
+                raise TemplateSyntaxError(problem, p.offset)
     if kind in ("payload", "json"):
         parts, kind = _json_or_text(text, parts, kind)
     elif kind == "subject":
@@ -240,12 +245,14 @@ def render(template: Template, ctx: Context) -> str:
             out.append(p)
             continue
         if p.env is not None:
+            if not env_allows(ctx.env, p.env):
+                raise TemplateError(not_allowed(p.env))
             if ctx.mask_env:
                 value: Any = MASK
             elif p.env in ctx.env:
                 value = ctx.env[p.env]
             else:
-                raise TemplateError(f"environment variable {p.env} is not set")
+                raise TemplateError(not_set(p.env))
         else:
             assert p.ref is not None
             value = resolve(p.ref, ctx)

@@ -5,6 +5,11 @@ the evaluate -> act -> ack path.
 A JetStream message is acknowledged only after every action succeeded or was dead-lettered
 (at-least-once across restarts); a message whose actions could not run is not acked and
 comes back after the ack wait.
+
+The connection uses the service user's own inbox prefix (`service_inbox`): its replies
+never travel under the shared `_INBOX.>`, which its permissions do not cover. Everything it
+publishes carries a hop count (`hops.py`); a message at the limit is counted, logged once
+per rule per LOOP_REPORT_EVERY and reported to the rule's source, never evaluated.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -21,12 +27,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from cairn_common.natsauth import connect_options
+from cairn_common.natsauth import connect_options, service_inbox
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
 from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
+from rule_router.environment import RuleEnv
 from rule_router.errors import ActionError, RegexTimeout
 from rule_router.evaluate import evaluate_many
+from rule_router.hops import HOPS_HEADER, MAX_HOPS, hops, limit_warning, with_hops
 from rule_router.model import Firing, PublishOut, Rule
 from rule_router.ruleset import TELEMETRY, RuleSet
 from rule_router.subjects import subject_matches
@@ -36,21 +44,28 @@ log = logging.getLogger(__name__)
 
 _EVALUATED = {p: metrics.EVALUATED.labels(p) for p in ("core", "jetstream")}  # hot path
 STREAM = "TELEMETRY"
-DURABLE = "cairn-router"
 ACK_WAIT = 30.0  # seconds; a webhook in progress extends it (in_progress) per attempt
 FETCH = 100
 CONCURRENCY = 64
 LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
 STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
+SERVICE_USER = "cairn-router"  # the router's NATS user name in every tenant account
+LOOP_REPORT_EVERY = 60.0  # seconds between reports of one rule's messages at the hop limit
 
 Suspend = Callable[[Rule, str], None]
+Warn = Callable[[Rule, str], None]
 
 
 class TenantRouter:
     def __init__(self, slug: str, nats_url: str, creds: Callable[[], tuple[str, str]],
-                 http: httpx.AsyncClient, on_suspend: Suspend | None = None) -> None:
+                 http: httpx.AsyncClient, on_suspend: Suspend | None = None, *,
+                 user: str = SERVICE_USER, on_warn: Warn | None = None) -> None:
         self.slug = slug
+        self.user = user
         self.on_suspend = on_suspend
+        self.on_warn = on_warn
+        self.env = RuleEnv.from_environ()
+        self.loop_reports = Throttle()
         self.strikes: dict[str, int] = {}  # rule source -> regex time-outs
         self.nats_url = nats_url
         self.creds = creds
@@ -71,9 +86,9 @@ class TenantRouter:
             log.warning("tenant link error", extra={"tenant": self.slug, "error": str(exc)})
 
         self.nc = await nats.connect(
-            self.nats_url, name=f"cairn-router/{self.slug}", max_reconnect_attempts=-1,
+            self.nats_url, name=f"{self.user}/{self.slug}", max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
-            **connect_options(self.creds))
+            inbox_prefix=service_inbox(self.user), **connect_options(self.creds))
         await self._resubscribe()
         self.tasks.append(asyncio.create_task(self._consume(), name=f"consume:{self.slug}"))
 
@@ -129,7 +144,7 @@ class TenantRouter:
             try:
                 if sub is None:
                     sub = await js.pull_subscribe(
-                        TELEMETRY, durable=DURABLE, stream=STREAM,
+                        TELEMETRY, durable=self.user, stream=STREAM,
                         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
                                               deliver_policy=DeliverPolicy.NEW,
                                               ack_wait=ACK_WAIT, max_ack_pending=10_000))
@@ -191,11 +206,14 @@ class TenantRouter:
         rules = ruleset.index.match(msg.subject)
         if not rules:
             return []  # nothing to evaluate: not even a JSON decode
+        if msg.headers and hops(msg.headers) >= MAX_HOPS:
+            self._at_hop_limit(rules, msg.subject)
+            return []
         self._count += 1
         timed = self._count % LATENCY_SAMPLE == 0  # a sample keeps the histogram cheap
         started = time.perf_counter() if timed else 0.0
-        firings, errors = evaluate_many(rules, msg.subject, msg.data, throttle=self.throttle,
-                                        indexed=True)
+        firings, errors = evaluate_many(rules, msg.subject, msg.data, env=self.env,
+                                        throttle=self.throttle, indexed=True)
         if timed:
             metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
         for rule, exc in errors:
@@ -206,6 +224,17 @@ class TenantRouter:
             log.warning("rule could not render its actions",
                         extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
         return firings
+
+    def _at_hop_limit(self, rules: list[Rule], subject: str) -> None:
+        metrics.LOOP_DROPPED.inc()
+        for rule in rules:
+            if not self.loop_reports.allow(rule.id, LOOP_REPORT_EVERY):
+                continue
+            log.warning("message at the hop limit not evaluated; rules publishing in a loop?",
+                        extra={"tenant": self.slug, "rule": rule.name, "subject": subject,
+                               "hops": MAX_HOPS})
+            if self.on_warn is not None:
+                self.on_warn(rule, limit_warning(subject))
 
     def _strike(self, rule: Rule, exc: RegexTimeout) -> None:
         """A regex that keeps running out of time costs every tenant on this router up
@@ -239,15 +268,17 @@ class TenantRouter:
     async def _act(self, firing: Firing, msg: Msg, path: str) -> bool:
         """Run every action; True when each one succeeded or was dead-lettered."""
         original = msg.data
+        hop = hops(msg.headers) + 1
         ok = True
         for out in firing.actions:
             if isinstance(out, PublishOut):
+                out = replace(out, headers=with_hops(out.headers, hop))
                 try:
                     await ACTIONS["publish"](out, self.nc)
                     metrics.ACTIONS.labels("publish", "ok").inc()
                 except ActionError as exc:
                     metrics.ACTIONS.labels("publish", "failed").inc()
-                    ok = await self._deadletter(firing, out, exc, original) and ok
+                    ok = await self._deadletter(firing, out, exc, original, hop) and ok
                 continue
             if path == "jetstream":
                 await msg.in_progress()  # a webhook with retries may outlast the ack wait
@@ -255,14 +286,16 @@ class TenantRouter:
             metrics.WEBHOOK_RETRIES.inc(max(0, result.attempts - 1))
             metrics.ACTIONS.labels("webhook", "ok" if result.ok else "failed").inc()
             if not result.ok:
-                ok = await self._deadletter(firing, out, result, original) and ok
+                ok = await self._deadletter(firing, out, result, original, hop) and ok
         return ok
 
-    async def _deadletter(self, firing: Firing, out: Any, error: Any, original: bytes) -> bool:
+    async def _deadletter(self, firing: Firing, out: Any, error: Any, original: bytes,
+                          hop: int) -> bool:
         try:
             assert self.nc is not None
             await self.nc.publish(DEADLETTER_SUBJECT,
-                                  deadletter_payload(firing, out, error, original))
+                                  deadletter_payload(firing, out, error, original),
+                                  headers={HOPS_HEADER: str(hop)})
             metrics.DEADLETTERS.inc()
             return True
         except (nats.errors.Error, OSError) as exc:

@@ -6,6 +6,7 @@ attached to the report of any failing test.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import ManagedProcess, free_port
 from pb_hooks_bridge.bootstrap import bootstrap
 from pb_hooks_bridge.config import BridgeConfig
+from pb_hooks_bridge.sidecar_logins import ensure_sidecar_login
+from rule_router.identity import IdentityFiles, RouterIdentity
 from tests.live import BridgeHandle
 
 _RUNNING: list[ManagedProcess] = []
@@ -89,6 +92,10 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def nats_env(stack_dir: Path) -> Iterator[NatsEnv]:
     layout = DataLayout(stack_dir)
     bootstrap(layout)
+    # The session makes hundreds of tenants, each reserving its JetStream quota against
+    # the server's store (docs/decisions/0003): reserve room for all of them.
+    os.environ.setdefault("CAIRN_NATS_MAX_FILE_STORE", "64TB")
+    os.environ.setdefault("CAIRN_NATS_MAX_MEMORY_STORE", "64GB")
     port, monitor = free_port(), free_port()
     env = NatsEnv(layout, port, monitor, start_nats(layout, port, monitor))
     _RUNNING.append(env.process)
@@ -104,8 +111,18 @@ def pb_env(stack_dir: Path) -> Iterator[PbEnv]:
     port = free_port()
     env = PbEnv(layout, port, email, password, start_pocketbase(layout, port))
     _RUNNING.append(env.process)
+    # The suite logs in hundreds of users and devices from one address: the migration's
+    # auth rate limits (tests/security/test_rate_limits.py tests them on a PocketBase of
+    # their own) would refuse most of them.
+    set_rate_limits(env, enabled=False)
     yield env
     env.process.stop()
+
+
+def set_rate_limits(env: PbEnv, enabled: bool) -> None:
+    resp = httpx.patch(f"{env.url}/api/settings", json={"rateLimits": {"enabled": enabled}},
+                       headers={"Authorization": env.admin_token()}, timeout=10)
+    resp.raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +146,19 @@ async def bridge(nats_env, pb_env) -> AsyncIterator[BridgeHandle]:
     await handle.start()
     yield handle
     await handle.stop()
+
+
+@pytest.fixture(scope="session")
+async def router_identity(bridge, admin, pb_env, stack_dir) -> RouterIdentity:
+    """The router's own least-privilege login and key (what `make run` makes for it), with
+    the key registered, so the bridge signs its JWT in every tenant."""
+    files = IdentityFiles(login_file=stack_dir / "secrets" / "router-login.json",
+                          seed_file=stack_dir / "secrets" / "router.nk")
+    await ensure_sidecar_login(admin, "cairn-router", "router", files.login_file)
+    identity = RouterIdentity(files)
+    async with PocketBase(pb_env.url) as pb:
+        await identity.sign_in(pb)
+    return identity
 
 
 @pytest.fixture(scope="session")

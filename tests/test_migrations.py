@@ -46,6 +46,7 @@ COLLECTION_IDS = {
     "commands": "cairn_commands0",
     "rules": "cairn_rules0000",
     "audit_log": "cairn_auditlog0",
+    "sidecars": "cairn_sidecars0",
 }
 
 AUTODATES = {"created": "autodate", "updated": "autodate"}
@@ -104,7 +105,7 @@ SUPERUSER_ONLY_RULES = {
     "commands": ["updateRule", "deleteRule"],
     "audit_log": ["createRule", "updateRule", "deleteRule"],
 }
-GLOBAL_ROLES = {"agent", "service", "viewer"}
+GLOBAL_ROLES = {"agent", "service", "viewer", "router"}
 
 
 def _db(layout: DataLayout) -> sqlite3.Connection:
@@ -175,7 +176,7 @@ def layout(tmp_path: Path) -> DataLayout:
 
 def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
-                          "1764000002_command_dispatch.js"]
+                          "1764000002_command_dispatch.js", "1764000003_security.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -233,11 +234,19 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
         by_name = {r["name"]: r for r in roles}
         assert set(by_name) == GLOBAL_ROLES
         assert by_name["agent"]["publish_allow"] == ["agents.{code}.>"]
-        assert by_name["agent"]["subscribe_allow"] == ["agents.{code}.cmd.>", "_INBOX.>"]
+        assert by_name["agent"]["subscribe_allow"] == ["agents.{code}.cmd.>", "{inbox}.>"]
         assert by_name["agent"]["allow_responses"] is True
         assert by_name["service"]["publish_allow"] == [">"]
-        assert by_name["viewer"]["publish_deny"] == ["agents.*.cmd.>"]
+        assert by_name["viewer"]["publish_deny"] == ["agents.>"]
+        assert "{inbox}.>" in by_name["viewer"]["subscribe_allow"]
         assert by_name["viewer"]["allow_responses"] is False
+        assert by_name["router"]["subscribe_allow"] == ["agents.>", "alerts.>", "{inbox}.>"]
+
+        settings = admin.get("/api/settings").json()
+        assert settings["rateLimits"]["enabled"] is True
+        labels = {r["label"]: r for r in settings["rateLimits"]["rules"]}
+        for label in ("users:auth", "devices:auth", "sidecars:auth", "_superusers:auth"):
+            assert labels[label]["maxRequests"] <= 10, label
 
 
 def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
@@ -260,6 +269,12 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-1: the security rules, sidecars, roles and rate limits
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[3]}" in out
+    assert "sidecars" not in collection_names(layout)
+    assert global_role_names(layout) == ["agent", "service", "viewer"]
+    ours.discard("sidecars")
     # down #0: the dispatch indexes
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[2]}" in out

@@ -2,12 +2,20 @@
 
 Retried: 5xx, 429, timeouts and connection errors — with exponential backoff starting at
 `out.backoff` seconds and doubling, capped at `MAX_BACKOFF`. Not retried: other 4xx,
-3xx, and requests that can never work (bad URL/protocol). After the last attempt the
+3xx (redirects are never followed), requests that can never work (bad URL/protocol) and
+destinations the egress policy refuses (`EgressRefused`). After the last attempt the
 result is a failure; the caller dead-letters it. Never raises for HTTP problems.
+
+Bounded, because the URL and the numbers come from a tenant's rule and the server at the
+other end may be hostile: each attempt (connect to last byte) ends after `out.timeout`
+(at most MAX_TIMEOUT), attempts and waits are capped as in `model`, at most BODY_READ bytes
+of a response are read, and what reaches a dead letter is `excerpt()`: one printable line
+of at most EXCERPT characters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -19,9 +27,17 @@ from tenacity import (
     wait_exponential,
 )
 
-from rule_router.model import WebhookOut, WebhookResult
+from rule_router.errors import EgressRefused
+from rule_router.model import (
+    MAX_ATTEMPTS,
+    MAX_BACKOFF,
+    MAX_TIMEOUT,
+    WebhookOut,
+    WebhookResult,
+)
 
-MAX_BACKOFF = 30.0
+EXCERPT = 200  # characters of a response body (or error text) in a dead letter
+BODY_READ = 4096  # bytes of a failed response read at most
 
 
 class _Retryable(Exception):
@@ -30,48 +46,91 @@ class _Retryable(Exception):
         self.status = status
 
 
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """One printable line of at most `limit` characters: whitespace runs become one space,
+    other control and invisible characters (bidi overrides included) become `\\uXXXX`."""
+    pieces: list[str] = []
+    size = 0
+    for ch in " ".join(text.split()):
+        piece = ch if ch.isprintable() else f"\\u{ord(ch):04x}"
+        if size + len(piece) > limit:  # too long: cut at a whole piece, mark the cut
+            while pieces and size + 1 > limit:
+                size -= len(pieces.pop())
+            return "".join(pieces).rstrip() + "…"
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(pieces)
+
+
+async def _read_some(response: httpx.Response, limit: int = BODY_READ) -> bytes:
+    """The first bytes of a body as sent; a compressed one is not read (it could expand
+    without bound, and its bytes say nothing)."""
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return b""
+    data = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            data += chunk[: limit - len(data)]
+            if len(data) >= limit:
+                break
+    except httpx.StreamConsumed:  # a response built in memory (a mock transport)
+        return response.content[:limit]
+    return bytes(data)
+
+
 async def run(out: WebhookOut, client: httpx.AsyncClient, *,
               max_backoff: float = MAX_BACKOFF, sleep: Any = None) -> WebhookResult:
     """Send `out` through `client`; retry as described above; return the outcome."""
     started = time.monotonic()
     attempts = 0
+    timeout = min(out.timeout, MAX_TIMEOUT)
+    backoff = min(out.backoff, max_backoff)
 
-    async def attempt() -> httpx.Response:
+    async def attempt() -> tuple[int, bytes]:
         nonlocal attempts
         attempts += 1
+        request = client.build_request(out.method, out.url, headers=dict(out.headers),
+                                       content=out.body, timeout=timeout)
         try:
-            response = await client.request(out.method, out.url, headers=dict(out.headers),
-                                            content=out.body, timeout=out.timeout)
-        except httpx.TimeoutException:
-            raise _Retryable(f"timed out after {out.timeout:g}s") from None
+            async with asyncio.timeout(timeout):
+                response = await client.send(request, stream=True, follow_redirects=False)
+                try:
+                    status = response.status_code
+                    body = b"" if response.is_success else await _read_some(response)
+                finally:
+                    await response.aclose()
+        except (httpx.TimeoutException, TimeoutError):
+            raise _Retryable(f"timed out after {timeout:g}s") from None
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError):
             raise
         except httpx.TransportError as exc:
-            raise _Retryable(f"connection error: {exc or type(exc).__name__}") from None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise _Retryable(f"HTTP {response.status_code}", response.status_code)
-        return response
+            raise _Retryable(f"connection error: {excerpt(str(exc) or type(exc).__name__)}") \
+                from None
+        if status >= 500 or status == 429:
+            raise _Retryable(f"HTTP {status}", status)
+        return status, body
 
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(max(1, out.attempts)),
-        wait=wait_exponential(multiplier=out.backoff, max=max(max_backoff, out.backoff)),
+        stop=stop_after_attempt(max(1, min(out.attempts, MAX_ATTEMPTS))),
+        wait=wait_exponential(multiplier=backoff, max=max_backoff),
         retry=retry_if_exception_type(_Retryable),
         reraise=True,
         **({"sleep": sleep} if sleep is not None else {}),
     )
     try:
-        response = await retrying(attempt)
+        status, body = await retrying(attempt)
     except _Retryable as exc:
         return WebhookResult(False, attempts, exc.status,
                              f"{exc} (gave up after {attempts} attempts)",
                              time.monotonic() - started)
+    except EgressRefused as exc:
+        return WebhookResult(False, attempts, None, str(exc), time.monotonic() - started)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return WebhookResult(False, attempts, None, f"request failed: {exc}",
+        return WebhookResult(False, attempts, None, f"request failed: {excerpt(str(exc))}",
                              time.monotonic() - started)
     elapsed = time.monotonic() - started
-    if response.is_success:
-        return WebhookResult(True, attempts, response.status_code, None, elapsed)
-    snippet = response.text[:200].strip()
-    return WebhookResult(False, attempts, response.status_code,
-                         f"HTTP {response.status_code}" + (f": {snippet}" if snippet else ""),
-                         elapsed)
+    if 200 <= status < 300:
+        return WebhookResult(True, attempts, status, None, elapsed)
+    snippet = excerpt(body.decode("utf-8", errors="replace"))
+    return WebhookResult(False, attempts, status,
+                         f"HTTP {status}" + (f": {snippet}" if snippet else ""), elapsed)

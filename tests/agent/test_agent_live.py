@@ -251,10 +251,10 @@ async def _row_key(admin, device_id, key):
 
 async def test_desired_config_from_pocketbase(fleet, admin):
     await admin.update("devices", fleet.device["id"], {"config": {
-        "intervals": {"heartbeat": 2}, "commands": {"allowed": ["rm -rf /"]}}})
+        "intervals": {"heartbeat": 7}, "commands": {"allowed": ["rm -rf /"]}}})
     try:
         await fleet.app.refresh_desired()
-        assert fleet.app.config.intervals.heartbeat == 2.0
+        assert fleet.app.config.intervals.heartbeat == 7.0
         assert fleet.app.config.commands.allowed == ("true", "echo hello")
         assert fleet.app.ctx.config is fleet.app.config
         reply = await fleet.request("exec", {"command": "rm -rf /"})

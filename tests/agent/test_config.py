@@ -23,6 +23,8 @@ def test_example_config_loads_through_the_real_loader():
     assert config.intervals.system == 300.0 and config.intervals.inventory == 86400.0
     assert config.commands.allowed == ("uptime", "df -h")
     assert config.path(config.nats.creds_file) == EXAMPLE.parent / "agent.creds"
+    assert config.exporters_allowed == ("http://127.0.0.1:91??/metrics",)
+    assert config.local_exporters == config.exporters
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,23 @@ def test_example_config_loads_through_the_real_loader():
         ("device: {code: ok-1}\nservices: {allowed: nginx}\n", "services.allowed must be a list"),
         ("device: {code: ok-1}\nlogs: {allowed_paths: [1]}\n", "logs.allowed_paths[0]"),
         ("device: {code: ok-1}\nintervals: {heartbeat: -5}\n", "greater than zero"),
+        ("device: {code: ok-1}\nintervals: {heartbeat: 500ms}\n",
+         "intervals.heartbeat is 0.5 s; it must be between 1 s and 24 h"),
+        ("device: {code: ok-1}\nintervals: {system: 2d}\n",
+         "intervals.system is 2 d; it must be between 1 s and 24 h"),
+        ("device: {code: ok-1}\nintervals: {inventory: 30s}\n",
+         "intervals.inventory is 30 s; it must be between 60 s and 7 d"),
+        ("device: {code: ok-1}\nintervals: {service: .inf}\n", "intervals.service must be a "
+                                                                "finite duration"),
+        ("device: {code: ok-1}\nexporters_allowed: http://x/\n",
+         "exporters_allowed must be a list"),
+        ("device: {code: ok-1}\nexporters_allowed: [5]\n", "exporters_allowed[0] must be a "
+                                                            "non-empty string"),
+        ("device: {code: ok-1}\nexporters_allowed: [\"ftp://x/*\"]\n",
+         "exporters_allowed[0] 'ftp://x/*' is not http:// or https://"),
+        ("device: {code: ok-1}\nexporters_allowed: [\"http://u@x/*\"]\n",
+         "exporters_allowed[0] 'http://u@x/*' has a bad host[:port] part"),
+        ("device: {code: ok-1}\nexporters_allowd: []\n", "unknown key 'exporters_allowd'"),
         ("device: {code: ok-1}\nlogging: {json: maybe}\n", "logging.json must be true or false"),
         ("device: {code: Bad Code}\n", "device.code 'Bad Code' must match"),
         ("nats: {urls: [x]}\n", "device.code is required"),
@@ -60,15 +79,18 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_desired_config_changes_intervals_and_exporters_only():
     current = config_mod.from_dict({"device": {"code": "abc"},
-                                    "commands": {"allowed": ["uptime"]}})
+                                    "commands": {"allowed": ["uptime"]},
+                                    "exporters_allowed": ["http://x:*/metrics"]})
     merged = desired.merge(current, {
         "intervals": {"system": "1m"}, "exporters": ["http://x:9100/metrics"],
         "commands": {"allowed": ["rm -rf /"]}, "services": {"allowed": ["sshd"]},
+        "exporters_allowed": ["*"],
     })
     assert merged.intervals.system == 60.0
     assert merged.exporters == ("http://x:9100/metrics",)
     assert merged.commands.allowed == ("uptime",), "a whitelist was widened remotely"
     assert merged.services.allowed == ()
+    assert merged.exporters_allowed == ("http://x:*/metrics",), "exporters_allowed widened"
     assert desired.merge(current, None) is current
     with pytest.raises(ConfigError, match=r"intervals\.heartbeat"):
         desired.merge(current, {"intervals": {"heartbeat": "never"}})

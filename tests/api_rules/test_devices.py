@@ -157,7 +157,9 @@ NOT_FOR_OPERATORS = [
     [
         ({"name": "renamed"}, True),
         ({"status": "disabled"}, True),
-        ({"role": "service"}, True),
+        ({"role": "service"}, False),  # only owners/admins pick a device's role (SPEC §11)
+        ({"role": "agent"}, False),
+        ({"name": "renamed", "role": "agent"}, False),
         ({"config": {"interval": 5}}, True),
         ({"code": uid("dev")}, False),
         ({"tenant": "X"}, False),
@@ -188,6 +190,8 @@ def test_operator_device_update_guards(
         ({"status": "pending"}, True),
         ({"status": "disabled"}, True),
         ({"status": "active"}, False),
+        ({"role": "service"}, False),  # only owners/admins pick a device's role
+        ({"role": "agent"}, False),
         ({"nats_public_key": "U" + "C" * 55}, False),
         *NOT_FOR_OPERATORS,
     ],
@@ -202,6 +206,34 @@ def test_operator_device_create_guards(
     resp = world.operator_a.client.post(records_url("devices"), json=body)
     assert resp.status_code == (200 if allowed else 400), resp.text
     assert bool(list_ids(world.admin, "devices", filter=f'code = "{code}"')) is allowed
+
+
+@pytest.mark.parametrize("actor", ["owner_a", "admin_a"])
+def test_managers_set_device_roles(world: World, target_device: dict[str, Any],
+                                   actor: str) -> None:
+    """The positive control of the operator refusals above: owners and admins may."""
+    client = getattr(world, actor).client
+    resp = client.patch(records_url("devices", target_device["id"]), json={"role": "agent"})
+    assert resp.status_code == 200, resp.text
+    code = uid("dev")
+    resp = client.post(records_url("devices"), json={
+        "code": code, "tenant": world.a["id"], "role": "agent",
+        "password": "enroll-secret-1", "passwordConfirm": "enroll-secret-1"})
+    assert resp.status_code == 200, resp.text
+    assert world.get("devices", resp.json()["id"])["role"] == "agent"
+
+
+def test_manager_of_another_tenant_cannot_set_roles(world: World,
+                                                    target_device: dict[str, Any]) -> None:
+    """viewer_a owns tenant X: that ownership must not make it a manager of A's devices."""
+    before = world.get("devices", target_device["id"])
+    resp = world.viewer_a.client.patch(records_url("devices", target_device["id"]),
+                                       json={"role": "agent"})
+    assert resp.status_code == 404
+    assert world.get("devices", target_device["id"]) == before
+    resp = world.owner_b.client.patch(records_url("devices", target_device["id"]),
+                                      json={"role": "agent"})
+    assert resp.status_code == 404
 
 
 def test_disabled_device_cannot_authenticate(world: World) -> None:

@@ -163,7 +163,9 @@ def test_cross_tenant_role_attack(world: World) -> None:
     ("body", "allowed"),
     [
         ({"name": "Renamed"}, True),
-        ({"limits": {"max_connections": 10}}, True),
+        ({"limits": {"max_connections": 10}}, False),  # quotas are the MSP's (SPEC §11)
+        ({"limits": {"jetstream_storage": -1}}, False),
+        ({"name": "Renamed", "limits": {"max_connections": 10}}, False),
         ({"slug": "stolen-slug"}, False),
         ({"active": False}, False),
         ({"nats_account_public_key": "A" * 56}, False),

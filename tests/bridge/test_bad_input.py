@@ -89,7 +89,7 @@ async def test_role_change_reissues_holders(tenant, admin, pb_env):
     name = uid("role")
     role = await admin.create("nats_roles", {
         "name": name, "tenant": tenant["id"], "publish_allow": ["agents.{code}.>"],
-        "subscribe_allow": ["agents.{code}.cmd.>", "_INBOX.>"], "allow_responses": True,
+        "subscribe_allow": ["agents.{code}.cmd.>", "{inbox}.>"], "allow_responses": True,
     })
     device = await new_device(admin, tenant, role=name)
     enrolled = await enroll(pb_env.url, admin, device)

@@ -34,6 +34,24 @@ def test_bootstrap_is_idempotent_and_private(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
+def test_fresh_data_dir_is_private(tmp_path):
+    layout = DataLayout(tmp_path / "new" / "data")
+    bootstrap(layout)
+    for directory in (layout.root, layout.root.parent, layout.secrets_dir, layout.nats_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def test_loose_seed_stops_bootstrap_with_the_fix(tmp_path):
+    layout = DataLayout(tmp_path)
+    bootstrap(layout)
+    layout.operator_seed.chmod(0o644)
+    with pytest.raises(BootstrapError, match=r"operator\.nk .*mode 0644.*fix with: chmod 600"):
+        bootstrap(layout)
+    assert stat.S_IMODE(layout.operator_seed.stat().st_mode) == 0o644, "refused, not fixed"
+    layout.operator_seed.chmod(0o600)
+    assert bootstrap(layout).changed == []
+
+
 def test_generated_jwts_are_consistent(tmp_path):
     layout = DataLayout(tmp_path)
     result = bootstrap(layout)

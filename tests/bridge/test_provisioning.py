@@ -19,7 +19,8 @@ from tests.live import (
 )
 
 
-async def test_tenant_gets_account_stream_and_service_users(bridge, admin, nats_env):
+async def test_tenant_gets_account_stream_and_service_users(bridge, router_identity, admin,
+                                                             nats_env):
     tenant = await new_tenant(admin)
     row = await account_ready(admin, tenant)
     public_key = row["nats_account_public_key"]
@@ -27,12 +28,16 @@ async def test_tenant_gets_account_stream_and_service_users(bridge, admin, nats_
     assert account["public_key"] == public_key
     claims = natsjwt.decode(account["jwt"])
     assert claims["nats"]["limits"]["disk_storage"] != 0, "JetStream must be on"
-    users = await eventually(
-        lambda: admin.list("nats_users", filter=f'tenant = "{tenant["id"]}" && jwt != ""'),
-        10, "service users issued")
-    assert {u["name"] for u in users} >= {"cairn-bridge", "cairn-router"}
+    async def both():
+        rows = await admin.list("nats_users", filter=f'tenant = "{tenant["id"]}" && jwt != ""')
+        return rows if {"cairn-bridge", "cairn-router"} <= {u["name"] for u in rows} else None
+
+    users = await eventually(both, 10, "service users issued")
     router = next(u for u in users if u["name"] == "cairn-router")
-    nc = await connect(nats_env.url, router["jwt"], router["seed"])
+    assert router["public_key"] == router_identity.public_key  # the router's own key...
+    assert router["seed"] == "" and router["creds"] == ""  # ...and no seed in PocketBase
+    bridge_user = next(u for u in users if u["name"] == "cairn-bridge")
+    nc = await connect(nats_env.url, bridge_user["jwt"], bridge_user["seed"])
     try:
         info = await nc.jetstream().stream_info("TELEMETRY")
         assert info.config.subjects == ["agents.*.telemetry.>"]
@@ -49,7 +54,7 @@ async def test_device_enrollment_issues_scoped_jwt(bridge, admin, pb_env, nats_e
     claims = natsjwt.decode(enrolled.jwt)
     code = device["code"]
     assert claims["nats"]["pub"]["allow"] == [f"agents.{code}.>"]
-    assert claims["nats"]["sub"]["allow"] == [f"agents.{code}.cmd.>", "_INBOX.>"]
+    assert claims["nats"]["sub"]["allow"] == [f"agents.{code}.cmd.>", f"_INBOX_{code}.>"]
     assert claims["exp"] > claims["iat"]
     assert enrolled.device["nats_jwt_expires"]
     seed = enrolled.seed
@@ -113,9 +118,9 @@ async def test_tenants_are_isolated(bridge, admin, pb_env, nats_env):
     await account_ready(admin, a)
     await account_ready(admin, b)
     svc_a = await eventually(lambda: admin.first(
-        "nats_users", f'tenant = "{a["id"]}" && name = "cairn-router" && jwt != ""'))
+        "nats_users", f'tenant = "{a["id"]}" && name = "cairn-bridge" && jwt != ""'))
     svc_b = await eventually(lambda: admin.first(
-        "nats_users", f'tenant = "{b["id"]}" && name = "cairn-router" && jwt != ""'))
+        "nats_users", f'tenant = "{b["id"]}" && name = "cairn-bridge" && jwt != ""'))
     nca = await connect(nats_env.url, svc_a["jwt"], svc_a["seed"])
     ncb = await connect(nats_env.url, svc_b["jwt"], svc_b["seed"])
     try:

@@ -27,7 +27,7 @@ async def test_service_user_lifecycle(tenant, admin, nats_env):
                                             "role": "viewer", "active": True})
     issued = await eventually(lambda: _with_creds(admin, row["id"]), 5)
     jwt, seed = creds.parse(issued["creds"])
-    assert natsjwt.decode(jwt)["nats"]["pub"]["deny"] == ["agents.*.cmd.>"]
+    assert natsjwt.decode(jwt)["nats"]["pub"]["deny"] == ["agents.>"]
     closed = asyncio.Event()
 
     async def on_closed() -> None:
@@ -66,8 +66,8 @@ def _cli(pb_env, nats_env, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_creds_cli_prints_a_working_creds_file(tenant, admin, pb_env, nats_env, tmp_path):
     await eventually(lambda: admin.first(
-        "nats_users", f'tenant = "{tenant["id"]}" && name = "cairn-router" && jwt != ""'))
-    done = await asyncio.to_thread(_cli, pb_env, nats_env, "creds", tenant["slug"], "cairn-router")
+        "nats_users", f'tenant = "{tenant["id"]}" && name = "cairn-bridge" && jwt != ""'))
+    done = await asyncio.to_thread(_cli, pb_env, nats_env, "creds", tenant["slug"], "cairn-bridge")
     assert done.returncode == 0, done.stderr
     jwt, seed = creds.parse(done.stdout)
     nc = await connect(nats_env.url, jwt, seed)

@@ -25,8 +25,12 @@ throttle: 5m
 """
 
 
+ALLOW = {"CAIRN_ROUTER_ENV_ALLOW": "ALERT_TOKEN"}
+SETTINGS = ("ALERT_TOKEN", "CAIRN_ROUTER_ENV_ALLOW", "CAIRN_ROUTER_WEBHOOK_ALLOW")
+
+
 def run(*args, env=None, stdin=None):
-    full_env = {k: v for k, v in os.environ.items() if k != "ALERT_TOKEN"}
+    full_env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
     return subprocess.run([sys.executable, "-m", "rule_router", *args], cwd=ROOT,
                           env=full_env, capture_output=True, text=True, timeout=60,
@@ -42,13 +46,13 @@ def files(tmp_path):
     (tmp_path / "hot.json").write_text('{"cpu_percent": 95, "source": "node_exporter"}')
     (tmp_path / "cool.json").write_text('{"cpu_percent": 5, "source": "node_exporter"}')
     (tmp_path / "bad.json").write_text("{nope")
-    (tmp_path / "bad.yaml").write_text("actions: [{publish: a}]\n\nmatch: 'cpu >'\n")
+    (tmp_path / "bad.yaml").write_text("actions: [{publish: alerts.a}]\n\nmatch: 'cpu >'\n")
     return tmp_path
 
 
 def test_test_prints_what_would_fire_with_secrets_masked(files):
     r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
-            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "s3cret"})
+            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "s3cret", **ALLOW})
     assert r.returncode == 0, r.stderr
     assert "MATCH" in r.stdout
     assert "publish alerts.web1.high-cpu" in r.stdout
@@ -61,7 +65,7 @@ def test_test_prints_what_would_fire_with_secrets_masked(files):
 
 def test_test_no_match_is_exit_0(files):
     r = run("test", str(files / "short.yaml"), str(files / "cool.json"),
-            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "x"})
+            "--subject", "agents.web1.telemetry.system", env={"ALERT_TOKEN": "x", **ALLOW})
     assert r.returncode == 0 and "no match" in r.stdout
 
 
@@ -72,7 +76,8 @@ def test_test_subject_defaults_to_a_filter_without_wildcards(files):
 
 
 def test_test_wildcard_filter_needs_subject(files):
-    r = run("test", str(files / "short.yaml"), str(files / "hot.json"), "--no-env-check")
+    r = run("test", str(files / "short.yaml"), str(files / "hot.json"), "--no-env-check",
+            env=ALLOW)
     assert r.returncode == 2
     assert "--subject" in r.stderr and "wildcards" in r.stderr
 
@@ -85,12 +90,42 @@ def test_test_invalid_rule_is_exit_1_with_file_and_line(files):
 
 def test_test_missing_env_is_a_rule_error_unless_skipped(files):
     r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
-            "--subject", "agents.web1.telemetry.system")
+            "--subject", "agents.web1.telemetry.system", env=ALLOW)
     assert r.returncode == 1 and "ALERT_TOKEN is not set" in r.stderr
     assert ":8:" in r.stderr
     r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
-            "--subject", "agents.web1.telemetry.system", "--no-env-check")
+            "--subject", "agents.web1.telemetry.system", "--no-env-check", env=ALLOW)
     assert r.returncode == 0 and "Bearer ***" in r.stdout
+
+
+def test_unlisted_env_is_refused_even_without_the_env_check(files):
+    """The CLI applies the router's allowlist, read from the environment like the router."""
+    for extra in ((), ("--no-env-check",)):
+        r = run("test", str(files / "short.yaml"), str(files / "hot.json"),
+                "--subject", "agents.web1.telemetry.system", *extra,
+                env={"ALERT_TOKEN": "s3cret"})
+        assert r.returncode == 1
+        assert "${ALERT_TOKEN} is not allowed: list it in CAIRN_ROUTER_ENV_ALLOW" in r.stderr
+        assert "s3cret" not in r.stdout + r.stderr
+    r = run("check", str(files / "short.yaml"), env={"ALERT_TOKEN": "s3cret"})
+    assert r.returncode == 1 and "is not allowed" in r.stdout
+    r = run("check", str(files / "short.yaml"), env={"ALERT_TOKEN": "s3cret", **ALLOW})
+    assert r.returncode == 0, r.stdout
+
+
+def test_check_applies_the_webhook_allowlist_and_prints_warnings(files):
+    (files / "local.yaml").write_text("actions: [{webhook: 'http://127.0.0.1:9/x'}]\n")
+    (files / "loop.yaml").write_text(
+        "subject: alerts.x.loop\nactions:\n  - publish: alerts.x.loop\n")
+    r = run("check", str(files / "local.yaml"))
+    assert r.returncode == 1 and "CAIRN_ROUTER_WEBHOOK_ALLOW" in r.stdout
+    r = run("check", str(files / "local.yaml"), str(files / "loop.yaml"),
+            env={"CAIRN_ROUTER_WEBHOOK_ALLOW": "127.0.0.1"})
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[1:] == [
+        f"{files / 'loop.yaml'}: ok (1 rule)",
+        f"{files / 'loop.yaml'}:3: warning: publishes to alerts.x.loop, which its own "
+        "subject filter alerts.x.loop matches; the loop stops after 3 hops"]
 
 
 def test_test_usage_errors_are_exit_2(files):
@@ -108,14 +143,14 @@ def test_test_reads_the_message_from_stdin(files):
 
 
 def test_test_runtime_template_error_is_exit_1(files):
-    (files / "t.yaml").write_text("subject: a.b\nactions: [{publish: 'x.{host}'}]\n")
+    (files / "t.yaml").write_text("subject: alerts.b\nactions: [{publish: 'alerts.{host}'}]\n")
     r = run("test", str(files / "t.yaml"), str(files / "hot.json"))
     assert r.returncode == 1 and "field 'host' is missing" in r.stdout
 
 
 def test_check(files):
     example = Path(rule_router.__file__).parent / "example.rules.yaml"
-    r = run("check", str(example), str(files / "fixed.yaml"), env={"ALERT_TOKEN": "x"})
+    r = run("check", str(example), str(files / "fixed.yaml"), env={"ALERT_TOKEN": "x", **ALLOW})
     assert r.returncode == 0, r.stdout
     assert r.stdout.splitlines() == [f"{example}: ok (5 rules)",
                                      f"{files / 'fixed.yaml'}: ok (1 rule)"]
@@ -129,7 +164,7 @@ def test_check(files):
 
 def test_test_regex_running_out_of_time_is_exit_1(files):
     (files / "slow.yaml").write_text(
-        "subject: a.b\nmatch: \"host matches '^(a|aa)+$'\"\nactions: [{publish: x}]\n")
+        "subject: alerts.b\nmatch: \"host matches '^(a|aa)+$'\"\nactions: [{publish: alerts.x}]\n")
     (files / "slow.json").write_text('{"host": "' + "a" * 80 + '!"}')
     r = run("test", str(files / "slow.yaml"), str(files / "slow.json"))
     assert r.returncode == 1

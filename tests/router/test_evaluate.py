@@ -21,8 +21,8 @@ def rule(text, env=None):
     return r
 
 
-PASS = rule("subject: agents.*.telemetry.>\nactions: [{publish: out.x}]\n")
-COND = rule("match: 'a exists or not (a exists)'\nactions: [{publish: out.x}]\n")
+PASS = rule("subject: agents.*.telemetry.>\nactions: [{publish: alerts.out.x}]\n")
+COND = rule("match: 'a exists or not (a exists)'\nactions: [{publish: alerts.out.x}]\n")
 
 
 @pytest.mark.parametrize("payload", [b"not json", b"", b"\xff\xfe", b"[1, 2]", b"42",
@@ -45,14 +45,14 @@ def test_decode():
 def test_evaluate_many_decodes_once_and_isolates_errors():
     rules = parse_rules("""
 - name: ok
-  actions: [{publish: out.a}]
+  actions: [{publish: alerts.out.a}]
 - name: broken
-  actions: [{publish: 'out.{nope}'}]
+  actions: [{publish: 'alerts.out.{nope}'}]
 - name: no-match
   match: 'x == 1'
-  actions: [{publish: out.c}]
+  actions: [{publish: alerts.out.c}]
 - name: ok2
-  actions: [{publish: out.d}]
+  actions: [{publish: alerts.out.d}]
 """, "row", {})
     firings, errors = evaluate_many(rules, SUBJECT, b'{"x": 2}')
     assert [f.rule.name for f in firings] == ["ok", "ok2"]
@@ -64,15 +64,15 @@ def test_subject_outside_the_filter_does_not_fire():
 
 
 def test_field_missing_in_a_template_is_a_template_error_naming_rule_and_action():
-    r = rule("actions:\n  - publish: out.x\n  - publish: 'out.{host}'\n")
+    r = rule("actions:\n  - publish: alerts.out.x\n  - publish: 'alerts.out.{host}'\n")
     with pytest.raises(TemplateError, match=r"rule 'rule 1': action 2 \(publish\): field 'host'"):
         evaluate(r, SUBJECT, b"{}")
     firing = evaluate(r, SUBJECT, b'{"host": "h1"}')
-    assert [a.subject for a in firing.actions] == ["out.x", "out.h1"]
+    assert [a.subject for a in firing.actions] == ["alerts.out.x", "alerts.out.h1"]
 
 
 def test_non_json_message_and_field_template():
-    r = rule("actions:\n  - publish: 'out.{host}'\n")
+    r = rule("actions:\n  - publish: 'alerts.out.{host}'\n")
     with pytest.raises(TemplateError):
         evaluate(r, SUBJECT, b"plain text")
 
@@ -80,7 +80,7 @@ def test_non_json_message_and_field_template():
 def test_throttle_per_rule_and_subject_with_injected_clock():
     now = [0.0]
     throttle = Throttle(clock=lambda: now[0])
-    r = rule("match: 'cpu > 90'\nactions: [{publish: out.x}]\nthrottle: 5m\n")
+    r = rule("match: 'cpu > 90'\nactions: [{publish: alerts.out.x}]\nthrottle: 5m\n")
     hot = b'{"cpu": 95}'
     fire = lambda subject=SUBJECT: evaluate(r, subject, hot, throttle=throttle)  # noqa: E731
     assert fire() is not None
@@ -92,7 +92,7 @@ def test_throttle_per_rule_and_subject_with_injected_clock():
     assert fire() is not None  # window over
     now[0] = 400.0
     assert fire() is None  # a new window opened at 300
-    other = rule("match: 'cpu > 90'\nactions: [{publish: out.y}]\nthrottle: 5m\n")
+    other = rule("match: 'cpu > 90'\nactions: [{publish: alerts.out.y}]\nthrottle: 5m\n")
     assert other.id == r.id  # same row and index: same throttle key (survives reloads)
     assert evaluate(other, SUBJECT, hot, throttle=throttle) is None
 
@@ -133,7 +133,7 @@ actions:
 def test_publish_headers_and_uuid_shared_between_actions():
     r = rule("""
 actions:
-  - publish: out.a
+  - publish: alerts.out.a
     headers: {Nats-Msg-Id: "{@uuid}"}
     payload: '{"id": "{@uuid}"}'
 """)
@@ -142,7 +142,7 @@ actions:
 
 
 def test_lone_surrogates_in_messages_still_give_valid_bytes():
-    r = rule("actions:\n  - publish: out.a\n    payload: '{\"n\": \"{name}\"}'\n")
+    r = rule("actions:\n  - publish: alerts.out.a\n    payload: '{\"n\": \"{name}\"}'\n")
     (out,) = evaluate(r, SUBJECT, b'{"name": "\\ud800x"}').actions
     assert json.loads(out.payload) == {"n": "\ud800x"}
 
@@ -155,10 +155,10 @@ def test_a_regex_past_its_time_limit_is_an_error_of_that_rule_only():
     rules = parse_rules(f"""
 - name: slow
   match: "host matches '{CATASTROPHIC}'"
-  actions: [{{publish: out.slow}}]
+  actions: [{{publish: alerts.out.slow}}]
 - name: fine
   match: "host matches '^a+!$'"
-  actions: [{{publish: out.fine}}]
+  actions: [{{publish: alerts.out.fine}}]
 """, "row", {})
     started = time.perf_counter()
     firings, errors = evaluate_many(rules, SUBJECT, json.dumps(HOSTILE).encode())

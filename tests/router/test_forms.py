@@ -105,10 +105,10 @@ def _leaf(t) -> dict:
 def both_forms(tree):
     short = yaml.safe_dump({"subject": "agents.*.telemetry.system",
                             "match": to_expression(tree),
-                            "actions": [{"publish": "out.short"}]}, allow_unicode=True)
+                            "actions": [{"publish": "alerts.out.short"}]}, allow_unicode=True)
     structured = yaml.safe_dump({"trigger": {"nats": {"subject": "agents.*.telemetry.system"}},
                                  "conditions": to_structured(tree),
-                                 "action": {"nats": {"subject": "out.structured",
+                                 "action": {"nats": {"subject": "alerts.out.structured",
                                                      "passthrough": True}}},
                                 allow_unicode=True)
     return parse_rules(short, "short")[0], parse_rules(structured, "structured")[0]

@@ -16,19 +16,20 @@ RULE = ('subject: "agents.*.telemetry.crash"\n'
 MESSAGES = 300
 
 
-def _router(pb_env, nats_env, directory: Path, name: str) -> ManagedProcess:
+def _router(pb_env, nats_env, directory: Path, name: str, identity) -> ManagedProcess:
     proc = ManagedProcess(
         name=name, argv=[sys.executable, "-m", "rule_router", "run"],
         log_path=directory / f"{name}.log",
         env={"CAIRN_DATA_DIR": str(directory), "CAIRN_PB_URL": pb_env.url,
-             "CAIRN_NATS_URL": nats_env.url, "CAIRN_ADMIN_EMAIL": pb_env.admin_email,
-             "CAIRN_ADMIN_PASSWORD": pb_env.admin_password})
+             "CAIRN_NATS_URL": nats_env.url,
+             "CAIRN_ROUTER_LOGIN_FILE": str(identity.files.login_file),
+             "CAIRN_ROUTER_SEED_FILE": str(identity.files.seed_file)})
     proc.start()
     return proc
 
 
 async def test_sigkill_mid_stream_then_restart_processes_every_message(
-        bridge, admin, pb_env, nats_env, tmp_path):
+        bridge, router_identity, admin, pb_env, nats_env, tmp_path):
     tenant = await account_ready(admin, await new_tenant(admin))
     svc = await eventually(lambda: admin.first(
         "nats_users", f'tenant = "{tenant["id"]}" && name = "cairn-bridge" && jwt != ""'), 10)
@@ -45,7 +46,7 @@ async def test_sigkill_mid_stream_then_restart_processes_every_message(
 
     await nc.subscribe("alerts.crash", cb=on_alert)
     js = nc.jetstream()
-    first = _router(pb_env, nats_env, tmp_path, "router-1")
+    first = _router(pb_env, nats_env, tmp_path, "router-1", router_identity)
     second = None
     try:
         async def routing() -> bool:  # a probe until the router has the tenant and rule
@@ -62,7 +63,7 @@ async def test_sigkill_mid_stream_then_restart_processes_every_message(
                 first.proc.wait()
         assert first.proc.returncode == -9
         assert not set(range(MESSAGES)) <= seen  # it really died mid-stream
-        second = _router(pb_env, nats_env, tmp_path, "router-2")
+        second = _router(pb_env, nats_env, tmp_path, "router-2", router_identity)
 
         async def complete() -> bool:
             return set(range(MESSAGES)) <= seen

@@ -39,19 +39,19 @@ def _mock_http() -> tuple[httpx.AsyncClient, respx.MockRouter]:
 
 
 @pytest.fixture(scope="module")
-async def harness(bridge, admin, pb_env, nats_env):
+async def harness(bridge, router_identity, admin, pb_env, nats_env):
     tenant = await account_ready(admin, await new_tenant(admin))
     await _svc(admin, tenant, "cairn-router")
     http, hooks = _mock_http()
-    router = Router(pb_env.url, nats_env.url, (pb_env.admin_email, pb_env.admin_password),
-                    http=http)
+    router = Router(pb_env.url, nats_env.url, router_identity, http=http)
     await router.start()
     await eventually(lambda: _routing(router, tenant["id"]), 10, "router follows the tenant")
     svc = await _svc(admin, tenant)
     nc = await connect(nats_env.url, svc["jwt"], svc["seed"], allow_reconnect=True)
-    yield Harness(router, hooks, tenant, nc)
+    harness = Harness(router, hooks, tenant, nc)
+    yield harness
     await nc.close()
-    await router.stop()
+    await harness.router.stop()  # a test may have replaced it (stop and restart)
 
 
 async def _routing(router, tenant_id):
@@ -177,7 +177,7 @@ async def test_tenants_never_see_each_others_messages(harness, admin, nats_env):
 
 
 async def test_stop_and_restart_mid_stream_processes_every_message(harness, admin, pb_env,
-                                                                 nats_env):
+                                                                 nats_env, router_identity):
     text = ('subject: "agents.*.telemetry.inventory"\n'
             'actions:\n  - publish: "alerts.inv"\n    payload: \'{"n": {n}}\'\n')
     row = await _rule(admin, harness.tenant, text)
@@ -189,8 +189,7 @@ async def test_stop_and_restart_mid_stream_processes_every_message(harness, admi
     for n in range(50, 100):
         await _telemetry(harness.svc, "d1", {"n": n}, kind="inventory")
     http, hooks = _mock_http()
-    router = Router(pb_env.url, nats_env.url, (pb_env.admin_email, pb_env.admin_password),
-                    http=http)
+    router = Router(pb_env.url, nats_env.url, router_identity, http=http)
     await router.start()
     harness.router, harness.hooks = router, hooks
     await eventually(lambda: _routing(router, harness.tenant["id"]), 30, "router restarted")

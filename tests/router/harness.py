@@ -1,0 +1,164 @@
+"""Helpers for router tests against real servers: rules rows in PocketBase, subscribers
+that keep what they see, and a tiny HTTP server on 127.0.0.1 that webhooks can be aimed
+at (respx patches httpx's pool, so it cannot show what reaches a socket)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn_common.pocketbase import PocketBase
+from rule_router.app import Router
+from rule_router.identity import RouterIdentity
+from tests.live import eventually, uid
+
+
+async def service_creds(admin: PocketBase, tenant: dict[str, Any],
+                        name: str = "cairn-bridge") -> dict[str, Any]:
+    return await eventually(lambda: admin.first(
+        "nats_users", f'tenant = "{tenant["id"]}" && name = "{name}" && jwt != ""'), 10)
+
+
+async def start_router(pb_env: Any, nats_env: Any, admin: PocketBase,
+                       tenants: list[dict[str, Any]], identity: RouterIdentity,
+                       **kwargs: Any) -> Router:
+    """A started Router (kwargs: Router's) once it follows every tenant in `tenants`."""
+    for tenant in tenants:
+        await service_creds(admin, tenant, identity.name)
+    router = Router(pb_env.url, nats_env.url, identity, **kwargs)
+    await router.start()
+    for tenant in tenants:
+        await eventually(lambda t=tenant: _routing(router, t["id"]), 30, "router follows")
+    return router
+
+
+async def _routing(router: Router, tenant_id: str) -> bool:
+    return tenant_id in router.tenants
+
+
+async def listening(router: Router, tenant: dict[str, Any], subject: str) -> None:
+    """Return once the router's tenant connection is subscribed to the rule filter
+    `subject` at the server (a row turns valid a moment before its subscription exists)."""
+    async def subscribed() -> bool:
+        runtime = router.tenants.get(tenant["id"])
+        return runtime is not None and subject in runtime.core_subs
+    await eventually(subscribed, 10, f"router subscribed to {subject}")
+    await router.tenants[tenant["id"]].nc.flush()  # the server has the SUB
+
+
+async def add_rule(admin: PocketBase, tenant: dict[str, Any], text: str,
+                   enabled: bool = True) -> dict[str, Any]:
+    return await admin.create("rules", {"tenant": tenant["id"], "name": uid("rule"),
+                                        "enabled": enabled, "yaml": text})
+
+
+async def row_with_status(admin: PocketBase, row_id: str, status: str,
+                          timeout: float = 10) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        row = await admin.get("rules", row_id)
+        return row if row["status"] == status else None
+    return await eventually(check, timeout, f"rule {row_id} {status}")
+
+
+async def collect(nc: Any, subject: str) -> list[Any]:
+    """Messages (nats-py Msg, headers included) seen on `subject` from now on."""
+    got: list[Any] = []
+
+    async def cb(msg: Any) -> None:
+        got.append(msg)
+
+    await nc.subscribe(subject, cb=cb)
+    await nc.flush()
+    return got
+
+
+async def at_least(bucket: list[Any], n: int) -> bool:
+    return len(bucket) >= n
+
+
+# ------------------------------------------------------------------- a tiny HTTP server
+
+Reply = Callable[["Request", asyncio.StreamWriter], Any]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class HttpSink:
+    """Records every request it gets; answers with `reply` (default: 200, empty)."""
+
+    reply: Reply | None = None
+    requests: list[Request] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> HttpSink:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip()
+                       for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            request = Request(method, path, headers, body)
+            self.requests.append(request)
+            if self.reply is None:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            else:
+                await self.reply(request, writer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def respond(status: int, body: bytes = b"", extra: str = "") -> Reply:
+    async def reply(_request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\n{extra}"
+                     "connection: close\r\n\r\n".encode() + body)
+    return reply
+
+
+def hang(release: asyncio.Event) -> Reply:
+    """Never answer (until `release` is set, at the end of the test)."""
+    async def reply(_request: Request, _writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+    return reply
+
+
+def drip(release: asyncio.Event, every: float = 0.05) -> Reply:
+    """Headers at once, then one byte of a long body per `every` seconds."""
+    async def reply(_request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 X\r\ncontent-length: 100000\r\n\r\n")
+        while not release.is_set():
+            writer.write(b"x")
+            await writer.drain()
+            try:
+                await asyncio.wait_for(release.wait(), every)
+            except TimeoutError:
+                continue
+    return reply
