@@ -14,7 +14,7 @@ from agent import config as config_mod
 from agent.context import VERSION
 from agent.errors import AgentError
 from cairn_common import logs
-from cairn_common.filemodes import NotPrivateError
+from cairn_common.filemodes import NotPrivateError, WritableByOthersError
 
 
 def default_dir() -> Path:
@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             print(install(args.config, args.dry_run), end="")
             return 0
         from agent.credentials import check_secret_files
+        from agent.trust import check_run_files
 
         check_secret_files(config)  # refuse before anything reads the seed or creds
+        check_run_files(args.config, config)  # nobody else may change what we run
         logs.setup("agent", config.logging.level, config.logging.json)
         _add_file_log(config)
         asyncio.run(_run(config))
         return 0
-    except (AgentError, NotPrivateError) as exc:
+    except (AgentError, NotPrivateError, WritableByOthersError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (PermissionError, ValueError) as exc:

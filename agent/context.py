@@ -20,6 +20,7 @@ class Stats:
     started_monotonic: float = field(default_factory=time.monotonic)
     commands_processed: int = 0
     commands_errored: int = 0
+    commands_dropped: int = 0  # command-subject messages that were not requests (not run)
     heartbeat_count: int = 0
     metrics_count: int = 0
     metrics_failures: int = 0

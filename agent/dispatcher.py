@@ -4,6 +4,15 @@ Handlers never repeat this: a malformed request, a refused one (CommandError) an
 unexpected exception all become `{"status": "error", "error": ...}` replies, and a failing
 handler never kills the subscription. Each request runs in its own task, so a 30 s exec
 does not delay a ping.
+
+Only real requests run. NATS does not check a publisher's reply subject against its
+permissions, and JetStream answers into that reply subject with the account's own client:
+anyone who may publish to JetStream (a device publishing its own telemetry, a service
+user's direct get, a consumer's deliver subject) can make the server put a PubAck, a stored
+message or an empty `Status: 404` into `agents.<code>.cmd.<anything>`. Such messages have
+no reply subject (or one under `$JS.`, for consumer deliveries) or carry JetStream's
+headers, which a requester never sends; they are dropped unrun and counted
+(`commands.dropped` in health) and logged at most once a minute.
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +32,13 @@ from nats.aio.msg import Msg
 from agent.commands import COMMANDS
 from agent.context import Context
 from agent.errors import CommandError
+from cairn_common.server_messages import server_header, server_reply
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 256 * 1024
 REPLY_HEADROOM = 4096  # bytes left under max_payload for the JSON around a truncated field
+DROP_LOG_EVERY = 60.0  # seconds: a flood of forged messages is one warning a minute
 
 
 def now_rfc3339() -> str:
@@ -36,6 +50,7 @@ class Dispatcher:
         self.ctx = ctx
         self.inflight: set[asyncio.Task[None]] = set()
         self.accepting = True
+        self._drop_logged = -math.inf  # monotonic time of the last "dropped" warning
 
     def subject(self) -> str:
         return f"agents.{self.ctx.config.device.code}.cmd.*"
@@ -44,11 +59,30 @@ class Dispatcher:
         await nc.subscribe(self.subject(), cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
+        refused = not_a_request(msg.reply, msg.headers)
+        if refused is None and msg.subject.rsplit(".", 1)[0] != self.subject()[:-2]:
+            # a push delivery shows the stored message's subject, not ours
+            refused = f"subject {msg.subject[:80]!r} is not one of our command subjects"
+        if refused is not None:
+            self._drop(msg.subject, refused)
+            return
         if not self.accepting:
             return  # draining for shutdown or rotation: the caller sees no reply, not a lie
         task = asyncio.create_task(self.handle(msg), name=f"cmd:{msg.subject}")
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
+
+    def _drop(self, subject: str, reason: str) -> None:
+        """Count a message that is not a request; warn at most once a minute."""
+        stats = self.ctx.stats
+        stats.commands_dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged >= DROP_LOG_EVERY:
+            self._drop_logged = now
+            log.warning("dropped a message on a command subject that is not a request "
+                        "(not run; further ones this minute are only counted)",
+                        extra={"subject": subject, "reason": reason,
+                               "dropped": stats.commands_dropped})
 
     async def handle(self, msg: Msg) -> None:
         command = msg.subject.rsplit(".", 1)[-1]
@@ -86,6 +120,18 @@ class Dispatcher:
         self.accepting = False
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=grace)
+
+
+def not_a_request(reply: str | None, headers: Mapping[Any, str] | None) -> str | None:
+    """Why a message on a command subject is not a requester's request, or None when it is
+    (cairn_common/server_messages.py)."""
+    if not reply:
+        return "no reply subject"
+    why = server_reply(reply)
+    if why:
+        return why
+    header = server_header(headers)
+    return f"carries the server's {header} header" if header else None
 
 
 def decode(data: bytes) -> dict[str, Any]:

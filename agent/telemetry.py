@@ -15,7 +15,7 @@ from typing import Any
 
 import nats
 
-from agent.context import VERSION, Context
+from agent.context import VERSION, Context, Stats
 from agent.dispatcher import now_rfc3339
 from agent.link import Link
 
@@ -45,9 +45,7 @@ class Telemetry:
     async def heartbeat(self) -> None:
         """Core publish (not stored): liveness for presence tracking."""
         stats = self.ctx.stats
-        doc = {"status": "alive", "version": VERSION,
-               "uptime_seconds": int(time.monotonic() - stats.started_monotonic),
-               "timestamp": now_rfc3339()}
+        doc = heartbeat_doc(self.code, stats)
         nc = self.link.nc
         if nc is None or not nc.is_connected:
             return
@@ -88,6 +86,14 @@ class Telemetry:
             self.buffer.popleft()
         self.ctx.stats.telemetry_buffered = len(self.buffer)
         return not self.buffer
+
+
+def heartbeat_doc(code: str, stats: Stats) -> dict[str, Any]:
+    """The heartbeat body. The bridge counts only this shape as a heartbeat
+    (pb_hooks_bridge/presence.py `not_a_heartbeat`, tested against this function)."""
+    return {"status": "alive", "device": code, "version": VERSION,
+            "uptime_seconds": int(time.monotonic() - stats.started_monotonic),
+            "timestamp": now_rfc3339()}
 
 
 async def every(interval: float, first_delay: float, work: Callable[[], Awaitable[Any]],

@@ -15,6 +15,8 @@ start, with the fix in the message, rather than using it.
   only the links its caller names (the data dir's link to the repo's nats-server.conf).
 - A missing path is not a loose one: the checks pass it, and the code that needs the file
   reports its absence in its own words.
+- Files that are not secrets but decide what runs (the agent's config and scripts) may be
+  read by anyone; `check_not_writable` refuses them when another user can change them.
 - Windows has no POSIX modes: the checks and tightening are no-ops there (the agent relies
   on its directory's ACL).
 """
@@ -139,6 +141,60 @@ def _check_below(directory: Path, what: str, allowed: set[str]) -> None:
         check_private(child, what)
         if not child.is_symlink() and child.is_dir():
             _check_below(child, what, allowed)
+
+
+class WritableByOthersError(Exception):
+    """A file that decides what Cairn runs (a config with whitelists, a script, their
+    directory) can be changed by other local users; the message names the path and the fix.
+    `problem` is the message without its "refusing to start: " prefix, for callers that
+    refuse something else (a script about to run)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"refusing to start: {problem}")
+        self.problem = problem
+
+
+def check_not_writable(path: Path, what: str) -> None:
+    """Raise WritableByOthersError (with the fix) when `path` has a group/other write bit or
+    is owned by neither the user running Cairn nor root. For files that are not secrets
+    (reading them is fine) but whose content is run: whoever can rewrite them runs code as
+    us. A link is followed (these files are read, never rewritten by us), and the link
+    itself must be ours or root's too; its directory is the caller's to check."""
+    if not _POSIX:
+        return
+    try:
+        link = os.lstat(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    problem = _write_problem(path, link, st, what)
+    if problem:
+        raise WritableByOthersError(problem)
+
+
+def _write_problem(path: Path, link: os.stat_result, st: os.stat_result,
+                   what: str) -> str | None:
+    """What lets another user change `path`, ending with the command that fixes it; or None."""
+    shown, quoted = f"{path} ({what})", shlex.quote(str(path))
+    me = os.geteuid()
+    trusted = (me, 0)
+    issues: list[str] = []
+    fixes: list[str] = []
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
+        issues.append(f"is a symlink owned by {_user(link.st_uid)}")
+        fixes.append(f"ln -sfn {shlex.quote(os.readlink(path))} {quoted}")  # now ours
+    if st.st_uid not in trusted:
+        issues.append(f"is owned by {_user(st.st_uid)}, not by {_user(me)} who runs Cairn "
+                      "or root")
+        fixes.append(f"chown {shlex.quote(_user(me))} {quoted}")
+    if st.st_mode & 0o022:
+        who = "group and other" if st.st_mode & 0o022 == 0o022 else (
+            "group" if st.st_mode & 0o020 else "other")
+        issues.append(f"is writable by {who} users (mode {stat.S_IMODE(st.st_mode):04o})")
+        fixes.append(f"chmod go-w {quoted}")
+    if not issues:
+        return None
+    return f"{shown} {' and '.join(issues)}; fix with: {' && '.join(fixes)}"
 
 
 def read_private(path: Path, what: str) -> str:

@@ -14,6 +14,7 @@ from cairn_stack.nats import REPO_ROOT
 from cairn_stack.processes import CHILD_UMASK, ManagedProcess, ProcessError, binary, http_ok
 
 MIGRATIONS_DIR = REPO_ROOT / "pb_migrations"
+HOOKS_DIR = REPO_ROOT / "pb_hooks"  # JS hooks PocketBase runs itself (no lost updates)
 
 
 def pb_argv(layout: DataLayout, *args: str) -> list[str]:
@@ -22,6 +23,7 @@ def pb_argv(layout: DataLayout, *args: str) -> list[str]:
         binary("pocketbase"),
         "--dir", str(layout.pb_dir),
         "--migrationsDir", str(MIGRATIONS_DIR),
+        "--hooksDir", str(HOOKS_DIR),
         *args,
     ]
 

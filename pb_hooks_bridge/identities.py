@@ -165,7 +165,7 @@ class Identities:
             inbox = device_inbox(device["code"])
             perms = self.roles.permissions(account.tenant_id, role, device["code"],
                                            account.slug, inbox)
-            confine_to_device(perms, device["code"], inbox)
+            perms = confine_to_device(perms, device["code"], inbox)
         except RoleError as exc:
             # a JWT already issued keeps its (narrower) permissions; nothing wider is signed
             await self.set_error("devices", device, f"role {role!r}: {exc}", account.tenant_id)

@@ -18,3 +18,10 @@ EVENT_LAG = Histogram(
 EVENTS = Counter("cairn_bridge_events_total", "Realtime events handled", ["collection", "action"])
 ROW_ERRORS = Counter("cairn_bridge_row_errors_total", "Rows skipped for bad data", ["collection"])
 CONNECTED = Gauge("cairn_bridge_pocketbase_connected", "1 while the realtime stream is up")
+HEARTBEATS = Counter("cairn_bridge_heartbeats_total", "Agent heartbeats accepted by presence")
+HEARTBEATS_IGNORED = Counter(
+    "cairn_bridge_heartbeats_ignored_total",
+    "Messages on agents.*.heartbeat that are not agent heartbeats (e.g. JetStream replies "
+    "injected through a forged reply subject); they never mark a device online",
+    ["reason"],
+)

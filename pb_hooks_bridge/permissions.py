@@ -99,12 +99,16 @@ def _expand(template: str, values: dict[str, str], where: str) -> str:
     return _PLACEHOLDER.sub(replace, template)
 
 
-def confine_to_device(perms: Permissions, code: str, inbox: str) -> None:
-    """Refuse permissions that reach past `agents.<code>.>` and the device's inbox.
+def confine_to_device(perms: Permissions, code: str, inbox: str) -> Permissions:
+    """A device's permissions: refused when they reach past `agents.<code>.>` and the
+    device's inbox, and never publishing where the device listens.
 
     An empty allow list means "everything" to NATS, so each list must be non-empty; deny
     lists only narrow and need no check. Replies to requests the device received travel
-    through `allow_responses`, not through a publish grant on other inboxes.
+    through `allow_responses`. A device that could publish on a subject it subscribes to
+    could send itself a request with any reply subject and "answer" it: allow_responses
+    would then let it publish anywhere in the tenant (a reviewer ran `exec` on another
+    agent that way). So every subscribe subject is also denied for publishing.
     """
     roots = (["agents", code], [inbox])
     for field, allowed in (("publish_allow", perms.pub_allow),
@@ -119,6 +123,10 @@ def confine_to_device(perms: Permissions, code: str, inbox: str) -> None:
                     f"{field}: {subject!r} is outside the device's own subjects "
                     f"(agents.{code}.> and {inbox}.>); the bridge signs no wider device role"
                 )
+    pub_deny = list(perms.pub_deny)
+    pub_deny += [s for s in perms.sub_allow if s not in pub_deny]
+    return Permissions(pub_allow=perms.pub_allow, pub_deny=pub_deny, sub_allow=perms.sub_allow,
+                       sub_deny=perms.sub_deny, allow_responses=perms.allow_responses)
 
 
 def _within(tokens: list[str], root: list[str]) -> bool:

@@ -1,17 +1,33 @@
 """Presence: `devices.last_seen` / `online` from heartbeats, written at most every 30 s per
-device, and the trigger that drains a device's queued commands when it shows up."""
+device, and the trigger that drains a device's queued commands when it shows up.
+
+Only heartbeats count. NATS does not check a publisher's reply subject against its
+permissions, and JetStream answers into it with the account's own client: a device's
+telemetry publish or a service user's direct get with reply `agents.<other>.heartbeat`
+makes the server publish a PubAck, a stored message or a `Status: 404` there, which would
+mark an offline device online and drain its queued commands. So a message with JetStream's
+headers, a server reply subject (a consumer delivery), or a body that is not the agent's
+heartbeat document (agent/telemetry.py `heartbeat_doc`) is ignored and counted
+(`cairn_bridge_heartbeats_ignored_total{reason}`), with a warning at most once a minute.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import re
 import time
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from cairn_common.pocketbase import PocketBase
+from cairn_common.server_messages import server_header, server_reply
+from pb_hooks_bridge import metrics
 from pb_hooks_bridge.dispatch import CommandDispatcher, pb_now
 from pb_hooks_bridge.writer import BatchWriter
 
@@ -20,6 +36,8 @@ log = logging.getLogger(__name__)
 CODE = re.compile(r"^[a-z0-9-]{3,64}$")
 WRITE_EVERY = 30.0  # seconds between last_seen writes for one device
 OFFLINE_AFTER = 150.0  # no heartbeat for this long (2.5 x 60 s) -> offline
+MAX_HEARTBEAT_BYTES = 16 * 1024  # a real one is ~120 bytes
+IGNORED_LOG_EVERY = 60.0  # seconds between warnings about ignored heartbeats
 
 
 class Presence:
@@ -31,17 +49,33 @@ class Presence:
         self.written: dict[str, float] = {}  # device id -> monotonic time of last write
         self.ids: dict[tuple[str, str], str] = {}  # (tenant id, code) -> device id
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._ignored_logged = -math.inf  # monotonic time of the last "ignored" warning
 
     async def watch(self, tenant_id: str, nc: Any) -> None:
         """Subscribe to one tenant's heartbeats (called for each new tenant link)."""
 
         async def on_heartbeat(msg: Msg) -> None:
+            reason = not_a_heartbeat(msg.subject, msg.reply, msg.headers, msg.data)
+            if reason is not None:
+                self._ignore(tenant_id, msg.subject, reason)
+                return
+            metrics.HEARTBEATS.inc()
             code = msg.subject.split(".")[1]
             task = asyncio.create_task(self.heartbeat(tenant_id, code))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
         await nc.subscribe("agents.*.heartbeat", cb=on_heartbeat)
+
+    def _ignore(self, tenant_id: str, subject: str, reason: str) -> None:
+        """Count a message that is not a heartbeat; warn at most once a minute."""
+        metrics.HEARTBEATS_IGNORED.labels(reason.split(":", 1)[0]).inc()
+        now = time.monotonic()
+        if now - self._ignored_logged >= IGNORED_LOG_EVERY:
+            self._ignored_logged = now
+            log.warning("ignored a message on a heartbeat subject that is not a heartbeat "
+                        "(further ones this minute are only counted)",
+                        extra={"tenant": tenant_id, "subject": subject, "reason": reason})
 
     async def heartbeat(self, tenant_id: str, code: str) -> None:
         device_id = await self._device_id(tenant_id, code)
@@ -78,3 +112,55 @@ class Presence:
                 return None
             self.ids[key] = row["id"]
         return self.ids[key]
+
+
+def not_a_heartbeat(subject: str, reply: str | None, headers: Mapping[Any, str] | None,
+                    data: bytes) -> str | None:
+    """Why a message delivered to `agents.*.heartbeat` is not that agent's heartbeat, or None.
+
+    The reason starts with its metric label ("subject", "server-reply", "server-header",
+    "body"). A push delivery shows the stored message's subject, hence the subject check.
+    The body must be the agent's document: `{"status": "alive", "version",
+    "uptime_seconds", "timestamp", "device"?}`. `device` is checked when present: agents
+    before it was added send none, and the headers and shape already tell JetStream's
+    replies apart.
+    """
+    why = server_reply(reply)
+    if why:
+        return f"server-reply: {why}"
+    header = server_header(headers)
+    if header:
+        return f"server-header: carries the server's {header} header"
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "agents" or parts[2] != "heartbeat":
+        return f"subject: {subject[:80]!r} is not agents.<code>.heartbeat"
+    code = parts[1]
+    if len(data) > MAX_HEARTBEAT_BYTES:
+        return f"body: {len(data)} bytes, a heartbeat is under {MAX_HEARTBEAT_BYTES}"
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return "body: not JSON"
+    if not isinstance(doc, dict):
+        return "body: not a JSON object"
+    if doc.get("status") != "alive":
+        return "body: status is not \"alive\" (a PubAck or API response?)"
+    if not isinstance(doc.get("version"), str):
+        return "body: no version"
+    uptime = doc.get("uptime_seconds")
+    if isinstance(uptime, bool) or not isinstance(uptime, int) or uptime < 0:
+        return "body: no uptime_seconds"
+    if not _is_rfc3339(doc.get("timestamp")):
+        return "body: no RFC 3339 timestamp"
+    if "device" in doc and doc["device"] != code:
+        return f"body: device {str(doc['device'])[:64]!r} is not {code!r}"
+    return None
+
+
+def _is_rfc3339(value: Any) -> bool:
+    if not isinstance(value, str) or "T" not in value:
+        return False
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False

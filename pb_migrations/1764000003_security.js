@@ -28,6 +28,8 @@ const ID = {
 const USERS = '@request.auth.collectionName = "users"';
 const ROUTER = '@request.auth.collectionName = "sidecars" && @request.auth.kind = "router"';
 const GLOBAL_ROLE_NAMES = ["agent", "service", "viewer", "router"];
+const OWN_PREFIX = "cairn-"; // nats_users and sidecars of Cairn's own components
+const NATS_USER_SET_BY_BRIDGE = ["public_key", "jwt", "seed", "creds", "error"];
 
 function guard(fields) {
   return fields.map((f) => `@request.body.${f}:isset = false`).join(" && ");
@@ -65,21 +67,25 @@ function ownConsumer() {
 }
 
 const ROLES = {
+  // The bridge also denies a device publishing on any subject it subscribes to (a device
+  // that could send itself a request could "answer" it anywhere through allow_responses).
   agent: {
     publish_allow: ["agents.{code}.>"],
-    publish_deny: [],
+    publish_deny: ["agents.{code}.cmd.>", "{inbox}.>"],
     subscribe_allow: ["agents.{code}.cmd.>", "{inbox}.>"],
     subscribe_deny: [],
     allow_responses: true,
   },
-  // No consumers for viewers: a consumer's creator picks its deliver subject, so a viewer
-  // could have the server push stream messages into a device's command subject
-  // (tests/security/test_nats_roles.py shows it). Viewers read history with (direct) gets
-  // and follow live messages with plain subscriptions.
+  // Viewers publish nothing at all: not even JetStream API requests. NATS does not check a
+  // publisher's reply subject, and the JetStream server publishes its answer (a message
+  // read from the stream, a 404 status, a PubAck) into that subject itself, so any
+  // `$JS.API` right lets its holder inject messages into every subject of the tenant (a
+  // reviewer had an agent rotate its key that way). Consumers are out for the same kind of
+  // reason: their creator picks the deliver subject. Viewers follow live telemetry,
+  // heartbeats and alerts with plain subscriptions.
   viewer: {
-    publish_allow: [...JS_READ, "$JS.API.STREAM.MSG.GET.TELEMETRY",
-      "$JS.API.DIRECT.GET.TELEMETRY", "$JS.API.DIRECT.GET.TELEMETRY.>"],
-    publish_deny: ["agents.>"],
+    publish_allow: [],
+    publish_deny: [">"],
     subscribe_allow: ["agents.*.telemetry.>", "agents.*.heartbeat", "alerts.>", "{inbox}.>"],
     subscribe_deny: [],
     allow_responses: false,
@@ -157,8 +163,8 @@ function sidecarsCollection() {
     authAlert: { enabled: false },
     fields: [
       { name: "email", type: "email", system: true, required: false },
-      { name: "name", type: "text", required: true, pattern: "^[a-z0-9-]{3,63}$", min: 3,
-        max: 63, presentable: true },
+      { name: "name", type: "text", required: true, pattern: "^cairn-[a-z0-9-]{1,57}$",
+        min: 7, max: 63, presentable: true },
       { name: "kind", type: "select", maxSelect: 1, required: true, values: ["router"] },
       { name: "nats_public_key", type: "text", max: 256 },
       { name: "error", type: "text" },
@@ -193,9 +199,17 @@ function securityRules() {
       updateRule: `${USERS} && tenant != "" && ${manager("tenant.")} && ` +
         `${guard(["tenant"])} && (@request.body.name:isset = false || (${notGlobalName}))`,
     },
+    // Rows named `cairn-*` are Cairn's own identities (the bridge's, the sidecars'): a
+    // tenant admin neither makes, changes nor deletes them.
     nats_users: {
       listRule: `(${USERS} && ${manager("tenant.")}) || (${ROUTER} && name = @request.auth.name)`,
       viewRule: `(${USERS} && ${manager("tenant.")}) || (${ROUTER} && name = @request.auth.name)`,
+      createRule: `${USERS} && ${manager("tenant.")} && ${guard(NATS_USER_SET_BY_BRIDGE)} && ` +
+        `@request.body.name !~ "${OWN_PREFIX}%"`,
+      updateRule: `${USERS} && ${manager("tenant.")} && ` +
+        `${guard(["tenant", ...NATS_USER_SET_BY_BRIDGE])} && name !~ "${OWN_PREFIX}%" && ` +
+        `(@request.body.name:isset = false || @request.body.name !~ "${OWN_PREFIX}%")`,
+      deleteRule: `${USERS} && ${manager("tenant.")} && name !~ "${OWN_PREFIX}%"`,
     },
     rules: {
       listRule: `(${USERS} && ${member("tenant.")}) || (${ROUTER})`,
@@ -206,7 +220,7 @@ function securityRules() {
   };
 }
 
-const RULE_KEYS = ["listRule", "viewRule", "createRule", "updateRule"];
+const RULE_KEYS = ["listRule", "viewRule", "createRule", "updateRule", "deleteRule"];
 
 // ---------------------------------------------------------------------------- rate limits
 
@@ -280,6 +294,10 @@ migrate((app) => {
   const natsUsers = app.findCollectionByNameOrId(ID.nats_users);
   natsUsers.listRule = `${users} && ${manager("tenant.")}`;
   natsUsers.viewRule = `${users} && ${manager("tenant.")}`;
+  natsUsers.createRule = `${users} && ${manager("tenant.")} && ${guard(NATS_USER_SET_BY_BRIDGE)}`;
+  natsUsers.updateRule = `${users} && ${manager("tenant.")} && ` +
+    guard(["tenant", ...NATS_USER_SET_BY_BRIDGE]);
+  natsUsers.deleteRule = `${users} && ${manager("tenant.")}`;
   app.save(natsUsers);
   const rulesCollection = app.findCollectionByNameOrId(ID.rules);
   rulesCollection.listRule = `${users} && ${m("tenant.")}`;

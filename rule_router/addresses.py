@@ -8,6 +8,17 @@ link-local, private, unique-local, unspecified, multicast, reserved, CGNAT or ot
 not globally routable (also when wrapped as IPv4-mapped, 6to4 or NAT64 IPv6) is refused,
 unless `CAIRN_ROUTER_WEBHOOK_ALLOW` (comma-separated hosts or CIDRs) lists it.
 
+An entry `slug:host-or-cidr` applies to the tenant with that slug only (what the MSP opens
+for tenant A is not open to tenant B's rules); a bare entry applies to every tenant. An
+IPv6 entry is best written in brackets (`[fd00::/8]`, `a-slug:[fd00::/8]`): an unbracketed
+one that reads as `slug:address` (`2001:db8::/32`) is taken as scoped to that "slug",
+which allows less, never more.
+
+A refusal for a host *name* says the same whether the name does not resolve or resolves
+to an address that is not public, and names no address class: anything more would let a
+rule author map the router's internal DNS through dead letters. For an address written
+in the URL the class is shown (the author wrote it; nothing is revealed).
+
 The decision is made on the address actually connected to (`actions/egress.py`), after
 resolving the name; `literal_refusal` answers early, at validation, for a URL whose host
 is written as an address (or `localhost`). Pure: no I/O.
@@ -18,9 +29,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -105,28 +118,18 @@ class EgressPolicy:
     networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> EgressPolicy:
-        """`10.0.0.0/8, 127.0.0.1, hooks.internal`. A malformed CIDR is logged and left
-        out (allowing nothing is the safe way to be wrong)."""
-        hosts, networks = set(), []
-        for entry in (e.strip() for e in text.split(",")):
-            if not entry:
-                continue
-            try:
-                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-                continue
-            except ValueError:
-                pass
-            if "/" in entry or any(ch.isspace() for ch in entry):
-                log.error("ignored: not a host name or CIDR",
-                          extra={"setting": WEBHOOK_ALLOW, "entry": entry})
-                continue
-            hosts.add(normal_host(entry))
-        return cls(frozenset(hosts), tuple(networks))
+    def parse(cls, text: str, tenant: str | None = None) -> EgressPolicy:
+        """`10.0.0.0/8, 127.0.0.1, hooks.internal, a-slug:10.1.0.0/16`: what `tenant` may
+        reach (bare entries, and scoped ones whose slug is `tenant`; without a tenant the
+        bare ones only). A malformed CIDR is logged and left out (allowing nothing is the
+        safe way to be wrong)."""
+        return _parse(text, tenant)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> EgressPolicy:
-        return cls.parse((os.environ if environ is None else environ).get(WEBHOOK_ALLOW, ""))
+    def from_environ(cls, environ: Mapping[str, str] | None = None,
+                     tenant: str | None = None) -> EgressPolicy:
+        text = (os.environ if environ is None else environ).get(WEBHOOK_ALLOW, "")
+        return cls.parse(text, tenant)
 
     def allows(self, host: str, ip: IPAddress) -> bool:
         if normal_host(host) in self.hosts:
@@ -139,10 +142,62 @@ class EgressPolicy:
         kind = classify(ip)
         if kind is None or self.allows(host, ip):
             return None
-        # a name's resolved address is not shown: it would map the router's network
-        what = (f"{ip} is not a public address" if parse_ip(host) is not None
-                else f"{host} resolves to an address that is not public")
-        return f"refused: {what} ({kind}); webhooks may reach it only if {WEBHOOK_ALLOW} lists it"
+        if parse_ip(host) is None:
+            return name_refusal(host)  # neither the address nor its class: see above
+        return (f"refused: {ip} is not a public address ({kind}); webhooks may reach it "
+                f"only if {WEBHOOK_ALLOW} lists it")
+
+
+def name_refusal(host: str) -> str:
+    """The one message for a host name that is refused: it does not resolve, or not to a
+    public address (the two must not be told apart)."""
+    return (f"refused: {host} does not resolve to a public address; webhooks may reach it "
+            f"only if {WEBHOOK_ALLOW} lists it")
+
+
+_SCOPED = re.compile(r"([a-z0-9-]+):(.+)")
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _network(text: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False)
+    except ValueError:
+        return None
+
+
+def _scope(entry: str) -> tuple[str | None, str]:
+    """(slug, target) of a `slug:target` entry, else (None, entry)."""
+    m = None if entry.startswith("[") else _SCOPED.fullmatch(entry)
+    if m is None:
+        return None, entry
+    target = m.group(2).strip()
+    if _network(target) is None and not _HOST.fullmatch(target):
+        return None, entry  # `fe80::1`, `fd00::/8`: an address, not `slug:...`
+    if ":" in target and not target.startswith("["):
+        log.warning("read as scoped to one tenant; write an IPv6 entry meant for every "
+                    "tenant in brackets", extra={"setting": WEBHOOK_ALLOW, "entry": entry,
+                                                 "tenant": m.group(1)})
+    return m.group(1), target
+
+
+@lru_cache(maxsize=256)  # validation reads the setting for every row: log a bad entry once
+def _parse(text: str, tenant: str | None) -> EgressPolicy:
+    hosts, networks = set(), []
+    for raw in (e.strip() for e in text.split(",")):
+        scope, entry = _scope(raw)
+        if not entry or (scope is not None and scope != tenant):
+            continue
+        network = _network(entry)
+        if network is not None:
+            networks.append(network)
+            continue
+        if "/" in entry or any(ch.isspace() for ch in entry):
+            log.error("ignored: not a host name or CIDR",
+                      extra={"setting": WEBHOOK_ALLOW, "entry": raw})
+            continue
+        hosts.add(normal_host(entry))
+    return EgressPolicy(frozenset(hosts), tuple(networks))
 
 
 def literal_refusal(pattern: list[str | None], policy: EgressPolicy) -> str | None:

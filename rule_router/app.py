@@ -5,12 +5,17 @@ its public key -> realtime on rules, tenants, nats_users -> resync (tenants wher
 signed a JWT for our key get a TenantRouter; every rules row validated, status written
 back) -> follow events. Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish
 (bounded), drain each tenant connection, close HTTP and PocketBase.
+
+Tenant slugs are what allow entries are scoped by (`slug:NAME`, `slug:host`): rows are
+validated with their tenant's slug, each TenantRouter renders and connects with its own,
+and a tenant whose slug changes is revalidated and restarted under the new one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,7 +32,6 @@ from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, 
 from cairn_common.sidecar_login import SidecarLoginError
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
-from rule_router.actions.egress import guarded_client
 from rule_router.identity import IdentityFiles, RouterIdentity
 from rule_router.model import Rule
 from rule_router.ruleset import RuleSet
@@ -47,8 +51,11 @@ class Router:
         self.pb = PocketBase(pb_url)
         self.nats_url = nats_url
         self.identity = identity
-        self.http = http or guarded_client()  # webhooks: public addresses only (SSRF)
-        self.rows = RowRules(self.pb, self._changed)
+        # webhooks: None gives each tenant a client of its own with its own egress policy
+        # (public addresses only, plus what CAIRN_ROUTER_WEBHOOK_ALLOW opens for it)
+        self.http = http
+        self.slugs: dict[str, str] = {}  # tenant id -> slug
+        self.rows = RowRules(self.pb, self._changed, self._slug)
         self.files = DirRules(rules_dir) if rules_dir else None
         self.tenants: dict[str, TenantRouter] = {}
         self.creds: dict[str, tuple[str, str]] = {}
@@ -73,21 +80,24 @@ class Router:
         await cancel_and_wait(self.tasks)
         await asyncio.gather(*(r.stop() for r in self.tenants.values()),
                              return_exceptions=True)
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.aclose()
         await self.pb.close()
 
     # -- resync and events ----------------------------------------------------------------
 
     async def resync(self) -> None:
         """Rules first: a tenant's consumer must never take a message before its rules
-        are loaded (it would be acked without being evaluated)."""
-        await self.rows.load_all()
+        are loaded (it would be acked without being evaluated). Slugs before rules: a row
+        is validated with its tenant's."""
         tenants = {t["id"]: t for t in await self.pb.list("tenants")}
+        self.slugs = {tenant_id: t.get("slug") or "" for tenant_id, t in tenants.items()}
+        await self.rows.load_all()
         users = await self.pb.list("nats_users", filter=f'name = "{self.identity.name}"')
         for row in users:
             self._remember(row)
-        for tenant_id in [t for t in self.tenants if t not in tenants
-                          or not tenants[t].get("active")]:
+        for tenant_id in [t for t, r in self.tenants.items() if t not in tenants
+                          or not tenants[t].get("active") or r.slug != self.slugs[t]]:
             await self.tenants.pop(tenant_id).stop()
         limit = asyncio.Semaphore(16)
 
@@ -116,12 +126,34 @@ class Router:
                 tenant = await self.pb.get("tenants", record["tenant"])
                 await self._ensure_tenant(tenant)
         elif event.collection == "tenants":
-            if deleted or not record.get("active"):
+            renamed = self._learn_slug(record, deleted)
+            if deleted or not record.get("active") or renamed:
                 router = self.tenants.pop(record["id"], None)
                 if router is not None:
                     await router.stop()
-            else:
+            if renamed:
+                await self.rows.load_all()  # its rows, validated under the new slug
+            if not deleted and record.get("active"):
                 await self._ensure_tenant(record)
+
+    def _learn_slug(self, tenant: dict[str, Any], deleted: bool) -> bool:
+        """Keep the slug map current; True when a known tenant's slug changed."""
+        if deleted:
+            self.slugs.pop(tenant["id"], None)
+            return False
+        old, self.slugs[tenant["id"]] = self.slugs.get(tenant["id"]), tenant.get("slug") or ""
+        return old is not None and old != self.slugs[tenant["id"]]
+
+    async def _slug(self, tenant_id: str) -> str | None:
+        """A tenant's slug for validating its rows; asked of PocketBase when a row comes
+        before its tenant (None when that fails: bare allow entries only)."""
+        if tenant_id not in self.slugs:
+            try:
+                tenant = await self.pb.get("tenants", tenant_id)
+            except PocketBaseError:
+                return None
+            self.slugs[tenant_id] = tenant.get("slug") or ""
+        return self.slugs[tenant_id] or None
 
     def _remember(self, row: dict[str, Any]) -> None:
         found = self.identity.creds_for(row)
@@ -141,6 +173,8 @@ class Router:
             await router.start()
         except Exception as exc:  # NATS unreachable: the next resync tries again
             self.tenants.pop(tenant_id, None)
+            with contextlib.suppress(Exception):
+                await router.stop(grace=0.1)  # its own webhook client, if made
             log.warning("tenant not started", extra={"tenant": tenant.get("slug"),
                                                      "error": str(exc)})
             return

@@ -14,6 +14,8 @@ check FILE...
 Both apply the router's own checks with the router's settings read from the environment:
 `${NAME}` must be listed in CAIRN_ROUTER_ENV_ALLOW (always), and set (unless
 --no-env-check); a webhook to a literal non-public address needs CAIRN_ROUTER_WEBHOOK_ALLOW.
+`--tenant SLUG` judges the rules as that tenant's rows are judged: entries scoped to it
+(`SLUG:NAME`, `SLUG:host`) count besides the bare ones; without it only bare entries do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from rule_router.environment import RuleEnv
 from rule_router.errors import RegexTimeout, RuleError, TemplateError
 from rule_router.evaluate import evaluate
 from rule_router.model import Firing, PublishOut, Rule, WebhookOut
@@ -30,12 +33,13 @@ from rule_router.parse import load_file
 from rule_router.subjects import has_wildcards, subject_error, subject_matches
 
 
-def cmd_check(paths: list[str], check_env: bool = True, out: TextIO | None = None) -> int:
+def cmd_check(paths: list[str], check_env: bool = True, out: TextIO | None = None,
+              tenant: str | None = None) -> int:
     out = out or sys.stdout
     status = 0
     for path in paths:
         try:
-            rules = load_file(path, check_env=check_env)
+            rules = load_file(path, check_env=check_env, tenant=tenant)
         except RuleError as exc:
             print(str(exc), file=out)
             status = 1
@@ -48,13 +52,13 @@ def cmd_check(paths: list[str], check_env: bool = True, out: TextIO | None = Non
 
 def cmd_test(rule_path: str, message_path: str, subject: str | None = None,
              check_env: bool = True, out: TextIO | None = None,
-             err: TextIO | None = None) -> int:
+             err: TextIO | None = None, tenant: str | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     if not Path(rule_path).is_file():
         print(f"{rule_path}: no such file", file=err)
         return 2
     try:
-        rules = load_file(rule_path, check_env=check_env)
+        rules = load_file(rule_path, check_env=check_env, tenant=tenant)
     except RuleError as exc:
         print(str(exc), file=err)
         return 1
@@ -84,7 +88,8 @@ def cmd_test(rule_path: str, message_path: str, subject: str | None = None,
             print(f"{header}: no match (the rule listens on {rule.subject})", file=out)
             continue
         try:
-            firing = evaluate(rule, concrete, raw, mask_env=True)
+            firing = evaluate(rule, concrete, raw, mask_env=True,
+                              env=RuleEnv.from_environ(tenant=tenant))
         except TemplateError as exc:
             print(f"{header}: MATCH, but an action cannot be rendered: {exc}", file=out)
             status = 1

@@ -7,6 +7,12 @@ tenants' tokens). So `${NAME}` resolves only names listed in `CAIRN_ROUTER_ENV_A
 not it exists, so a rule can never probe for a variable or its value; a listed name that
 is unset may say so (the operator chose to expose that name).
 
+An entry `slug:NAME` lists NAME for the tenant with that slug only: a token the MSP keeps
+for tenant A must not be readable by tenant B's rule author (who could put it into a
+webhook URL pointing at their own host). A bare `NAME` is for every tenant: only values
+meant for everyone belong there. Which tenant asks is the caller's to say (`tenant=`);
+without one only bare entries count (`cairn-router test` / `check` without `--tenant`).
+
 A plain mapping handed to the parser or evaluator instead of a `RuleEnv` is taken as the
 whole environment rules may see (tests, `cairn-router test` with explicit values).
 """
@@ -19,10 +25,19 @@ from collections.abc import Iterable, Iterator, Mapping
 ENV_ALLOW = "CAIRN_ROUTER_ENV_ALLOW"
 
 
-def allowed_names(environ: Mapping[str, str] | None = None) -> frozenset[str]:
-    """The names listed in CAIRN_ROUTER_ENV_ALLOW (in `environ`, default os.environ)."""
+def allowed_names(environ: Mapping[str, str] | None = None,
+                  tenant: str | None = None) -> frozenset[str]:
+    """The names CAIRN_ROUTER_ENV_ALLOW (in `environ`, default os.environ) lists for
+    `tenant`: its bare entries and the `slug:NAME` ones whose slug is `tenant`."""
     text = (os.environ if environ is None else environ).get(ENV_ALLOW, "")
-    return frozenset(name.strip() for name in text.split(",") if name.strip())
+    names = set()
+    for entry in text.split(","):
+        scope, colon, name = entry.partition(":")
+        if not colon:
+            scope, name = "", scope
+        if name.strip() and (not colon or (tenant is not None and scope.strip() == tenant)):
+            names.add(name.strip())
+    return frozenset(names)
 
 
 def not_allowed(name: str) -> str:
@@ -46,9 +61,10 @@ class RuleEnv(Mapping[str, str]):
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
-                     require_set: bool = True) -> RuleEnv:
-        """The allowlist and the values both from `environ` (default os.environ)."""
-        return cls(allowed_names(environ), environ, require_set=require_set)
+                     require_set: bool = True, tenant: str | None = None) -> RuleEnv:
+        """The allowlist (for `tenant`: see `allowed_names`) and the values both from
+        `environ` (default os.environ)."""
+        return cls(allowed_names(environ, tenant), environ, require_set=require_set)
 
     def __getitem__(self, name: str) -> str:
         if name not in self.allow:

@@ -6,7 +6,8 @@ the router. So every message the router publishes (alerts and dead letters) carr
 `Cairn-Hops` header, the incoming count plus one (a message without it has 0 hops), and a
 message arriving with MAX_HOPS or more is not evaluated again. A rule cannot set or reset
 the header itself. A rule that publishes where its own filter listens is flagged at
-validation (still valid: the hop limit stops it).
+validation (still valid: the hop limit stops it). The hop count bounds depth only; breadth
+(one message fanning out into many) is `fanout.py`'s, with `Cairn-Budget` beside this one.
 """
 
 from __future__ import annotations

@@ -13,6 +13,15 @@ RUNTIME_ERRORS = Counter("cairn_router_runtime_errors_total",
                          "Actions that could not be rendered (missing field, bad subject)")
 LOOP_DROPPED = Counter("cairn_router_loop_dropped_total",
                        "Messages not evaluated: they reached the hop limit (rules in a loop)")
+FANOUT_DROPPED = Counter("cairn_router_fanout_dropped_total",
+                         "Publishes not sent: past the output budget of the message that "
+                         "caused them (rules fanning out)")
+PUBLISH_THROTTLED = Counter("cairn_router_publish_throttled_total",
+                            "Publishes not sent: the tenant was past its publish rate")
+SERVER_REPLIES_DROPPED = Counter(
+    "cairn_router_server_replies_dropped_total",
+    "Messages not evaluated: JetStream API answers (direct gets, status messages, PubAcks) "
+    "sent into a rule's subject as the reply of someone else's request")
 EVAL_SECONDS = Histogram(
     "cairn_router_evaluation_seconds", "Rule evaluation per message",
     buckets=(0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05),

@@ -27,6 +27,19 @@ MAX_TIMEOUT = 30.0  # seconds per attempt, connect to last byte read
 MAX_ATTEMPTS = 10  # `retries`: attempts in total
 MAX_BACKOFF = 30.0  # seconds: the first wait (`backoff`) and the cap of the doubled waits
 
+# Headers a webhook action may not set: they frame the request or choose where it goes, and
+# the HTTP client owns them. `Host` would let a rule aimed at a public ingress address reach
+# the internal virtual hosts behind it; the framing ones could smuggle a second request.
+WEBHOOK_RESERVED_HEADERS = frozenset(("host", "content-length", "transfer-encoding",
+                                      "connection", "upgrade", "te", "trailer", "keep-alive"))
+
+
+def reserved_webhook_header(name: str) -> bool:
+    """True for a header name (any case) a webhook action may not set: the ones above and
+    every `Proxy-*`."""
+    lower = name.lower()
+    return lower in WEBHOOK_RESERVED_HEADERS or lower.startswith("proxy-")
+
 
 class _Missing:
     """The value of a path that is not in the message (distinct from JSON null)."""

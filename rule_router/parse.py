@@ -12,8 +12,11 @@ model and may be mixed key by key, as long as each thing is said once:
 A missing subject means `agents.*.telemetry.>`; a missing condition means always true.
 Unknown keys, wrong types, bad subjects, regexes, templates, variables and durations are
 errors; so is what a tenant admin may not do (SPEC §11): listening outside `agents.>` and
-`alerts.>`, publishing outside `alerts.`, a `${NAME}` not listed in CAIRN_ROUTER_ENV_ALLOW,
-a webhook to a literal non-public address, webhook numbers past the bounds in `model`.
+`alerts.>`, publishing outside `alerts.`, a `${NAME}` not listed in CAIRN_ROUTER_ENV_ALLOW
+(for the row's tenant), a webhook to a literal non-public address, webhook numbers past
+the bounds in `model`, a webhook header the HTTP client owns (`Host`, framing, `Proxy-*`),
+a header the router stamps (`Cairn-Hops`, `Cairn-Budget`), more actions per rule or rules
+per row than `fanout` allows.
 A rule that publishes where it listens is valid, with a warning in `Rule.warnings`.
 Errors are `RuleError(message, line)` with the 1-based line of the offending key or value
 (from the YAML node marks); `parse_rules` raises the first one.
@@ -34,7 +37,8 @@ from rule_router.conditions import check_variables, group
 from rule_router.environment import RuleEnv
 from rule_router.errors import ExpressionError, RuleError, TemplateSyntaxError
 from rule_router.expression import parse_expression
-from rule_router.hops import HOPS_HEADER, self_loop_warnings
+from rule_router.fanout import MAX_ACTIONS, MAX_RULES, RESERVED_HEADERS
+from rule_router.hops import self_loop_warnings
 from rule_router.model import (
     DEFAULT_SUBJECT,
     MAX_ATTEMPTS,
@@ -44,6 +48,7 @@ from rule_router.model import (
     PublishAction,
     Rule,
     WebhookAction,
+    reserved_webhook_header,
 )
 from rule_router.predicates import compile_condition
 from rule_router.subjects import PUBLISH_PREFIX, filter_error, namespace_error
@@ -65,19 +70,24 @@ RULE_KEYS = ("name", "subject", "trigger", "match", "conditions", "actions", "ac
 
 
 def parse_rules(text: str, source: str = "", env: Mapping[str, str] | None = None,
-                check_env: bool = True, egress: EgressPolicy | None = None) -> list[Rule]:
+                check_env: bool = True, egress: EgressPolicy | None = None,
+                tenant: str | None = None) -> list[Rule]:
     """Parse a `rules.yaml` value. `source` (a row id or file name) prefixes rule ids and
     error messages. `${NAME}` must be allowed by `env` — default: the process environment
     through CAIRN_ROUTER_ENV_ALLOW; a plain mapping is every name visible — and set in it,
     unless `check_env` is false. Webhook hosts written as addresses are checked against
-    `egress` (default: CAIRN_ROUTER_WEBHOOK_ALLOW). Raises the first RuleError."""
-    env_map = _rule_env(env, check_env)
-    egress = EgressPolicy.from_environ() if egress is None else egress
+    `egress` (default: CAIRN_ROUTER_WEBHOOK_ALLOW). The defaults apply the entries scoped
+    to `tenant` (a slug) besides the bare ones. Raises the first RuleError."""
+    env_map = _rule_env(env, check_env, tenant)
+    egress = EgressPolicy.from_environ(tenant=tenant) if egress is None else egress
     try:
         root = compose(text)
         nodes = root.value if isinstance(root, SequenceNode) else [root]
         if isinstance(root, SequenceNode) and not nodes:
             raise RuleError("the list of rules is empty", line(root))
+        if len(nodes) > MAX_RULES:
+            raise RuleError(f"too many rules: at most {MAX_RULES} per row (got {len(nodes)})",
+                            line(nodes[MAX_RULES]))
         rules = []
         for index, node in enumerate(nodes):
             rules.append(_rule(node, index, source, env_map, egress))
@@ -89,31 +99,33 @@ def parse_rules(text: str, source: str = "", env: Mapping[str, str] | None = Non
         raise RuleError("the document is nested too deeply", None, source) from None
 
 
-def _rule_env(env: Mapping[str, str] | None, check_env: bool) -> RuleEnv:
+def _rule_env(env: Mapping[str, str] | None, check_env: bool, tenant: str | None) -> RuleEnv:
     if env is None:
-        return RuleEnv.from_environ(require_set=check_env)
+        return RuleEnv.from_environ(require_set=check_env, tenant=tenant)
     if isinstance(env, RuleEnv):
         return RuleEnv(env.allow, env.source, require_set=env.require_set and check_env)
     return RuleEnv(env, env, require_set=check_env)
 
 
-def validate(text: str, source: str = "", env: Mapping[str, str] | None = None) -> str | None:
+def validate(text: str, source: str = "", env: Mapping[str, str] | None = None,
+             tenant: str | None = None) -> str | None:
     """None when valid, else the message for a PocketBase row: `line N: message`."""
     try:
-        parse_rules(text, source, env)
+        parse_rules(text, source, env, tenant=tenant)
     except RuleError as exc:
         return exc.row_message
     return None
 
 
 def load_file(path: str | Path, env: Mapping[str, str] | None = None,
-              check_env: bool = True) -> list[Rule]:
-    """Parse a rules file; errors name the file. OSError is converted to RuleError."""
+              check_env: bool = True, tenant: str | None = None) -> list[Rule]:
+    """Parse a rules file (as for `tenant`, see parse_rules); errors name the file.
+    OSError is converted to RuleError."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(f"cannot read: {exc}", None, str(path)) from None
-    return parse_rules(text, str(path), env, check_env)
+    return parse_rules(text, str(path), env, check_env, tenant=tenant)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -187,6 +199,9 @@ def parse_actions(node: Node, subject: str, env: Mapping[str, str] | None,
         raise RuleError("actions must be a list of actions (or one action)", line(node))
     if not items:
         raise RuleError("actions must not be empty", line(node))
+    if len(items) > MAX_ACTIONS:
+        raise RuleError(f"too many actions: at most {MAX_ACTIONS} per rule (got {len(items)})",
+                        line(items[MAX_ACTIONS]))
     return tuple(_action(n, f"actions[{i}]", subject, env, egress)
                  for i, n in enumerate(items))
 
@@ -211,7 +226,7 @@ def _action(node: Node, what: str, subject: str, env: Mapping[str, str] | None,
     if target not in m:
         raise RuleError(f"{what} needs '{target}'", line(node))
     target_node = m[target][1]
-    headers = _headers(m, what, subject, env)
+    headers = _headers(m, what, subject, env, kind in ("webhook", "http"))
     if kind in ("publish", "nats"):
         return _publish(m, what, target, subject, env, headers, node)
     url = _template(target_node, f"{what}.{target}", "url", subject, env)
@@ -252,9 +267,10 @@ def _publish(m: dict[str, tuple[Node, Node]], what: str, target: str, subject: s
         raise RuleError(f"{what}.{target} must start with {PUBLISH_PREFIX!r}: rules publish "
                         f"only under {PUBLISH_PREFIX}>", line(target_node))
     for name, _ in headers:
-        if name.lower() == HOPS_HEADER.lower():
-            raise RuleError(f"{what}.headers: {HOPS_HEADER} is set by the router",
-                            line(m["headers"][1]))
+        for reserved in RESERVED_HEADERS:
+            if name.lower() == reserved.lower():
+                raise RuleError(f"{what}.headers: {reserved} is set by the router",
+                                line(m["headers"][1]))
     return PublishAction(template, _payload(m, what, subject, env), headers, line(node))
 
 
@@ -327,7 +343,7 @@ def json_template_text(node: Node) -> str:
 
 
 def _headers(m: dict[str, tuple[Node, Node]], what: str, subject: str,
-             env: Mapping[str, str] | None) -> tuple[tuple[str, Template], ...]:
+             env: Mapping[str, str] | None, http: bool) -> tuple[tuple[str, Template], ...]:
     if "headers" not in m:
         return ()
     node = m["headers"][1]
@@ -335,6 +351,9 @@ def _headers(m: dict[str, tuple[Node, Node]], what: str, subject: str,
     for name, (key, value) in mapping(node, f"{what}.headers", None).items():
         if not _HEADER_NAME.fullmatch(name):
             raise RuleError(f"{what}.headers: invalid header name {name!r}", line(key))
+        if http and reserved_webhook_header(name):
+            raise RuleError(f"{what}.headers: {name} is set by the router's HTTP client, "
+                            "not by rules", line(key))
         if isinstance(value, ScalarNode) and value.tag != "tag:yaml.org,2002:str":
             raw = literal(value)
             if isinstance(raw, bool) or raw is None:

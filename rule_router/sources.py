@@ -3,15 +3,19 @@ for development, a directory of YAML files. Both hand per-tenant rule lists to t
 an edit that breaks a valid rule keeps the last good version running and says so.
 
 Warnings (a rule that publishes where it listens, found at validation; messages at the hop
-limit, reported by the tenant runtime) go to the row's `error` with `status` left `valid`,
-or to the log for files."""
+limit or publishes past a fan-out bound, reported by the tenant runtime) go to the row's
+`error` with `status` left `valid`, or to the log for files.
+
+A row is validated as its tenant's: `${NAME}` and webhook allow entries scoped to the
+tenant's slug (`slug:NAME`) count for it, and for no other tenant. Files apply to every
+tenant, so only bare entries count for them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 WARN_EVERY = 60.0  # seconds: a row's runtime warning is written at most this often
 
+SlugOf = Callable[[str], Awaitable[str | None]]  # tenant id -> slug (None: unknown)
+
 
 def warning_text(rules: list[Rule]) -> str:
     """The row's `error` for a valid row: its rules' warnings, or empty."""
@@ -32,13 +38,17 @@ def warning_text(rules: list[Rule]) -> str:
 
 
 class RowRules:
-    """rules rows -> {tenant id: {row id: [Rule]}} of the last valid enabled versions."""
+    """rules rows -> {tenant id: {row id: [Rule]}} of the last valid enabled versions.
+    `slug_of` names a row's tenant for its scoped allow entries (None: bare ones only)."""
 
-    def __init__(self, pb: PocketBase, on_change: Callable[[str], None]) -> None:
+    def __init__(self, pb: PocketBase, on_change: Callable[[str], None],
+                 slug_of: SlugOf | None = None) -> None:
         self.pb = pb
         self.on_change = on_change
+        self.slug_of = slug_of
         self.good: dict[str, dict[str, list[Rule]]] = {}
-        self.seen: dict[str, tuple[str, bool]] = {}  # row id -> (yaml, enabled) applied
+        # row id -> (yaml, enabled, tenant slug) applied: a new slug validates anew
+        self.seen: dict[str, tuple[str, bool, str | None]] = {}
         self.invalid: set[str] = set()
         self.warned: dict[str, tuple[float, str]] = {}  # row id -> (when, runtime warning)
 
@@ -68,11 +78,12 @@ class RowRules:
             self._gauge()
             return
         text, enabled = row.get("yaml") or "", bool(row.get("enabled"))
-        if self.seen.get(row_id) == (text, enabled):
+        slug = await self.slug_of(tenant_id) if self.slug_of and tenant_id else None
+        if self.seen.get(row_id) == (text, enabled, slug):
             return  # our own status write coming back, or nothing that matters changed
-        self.seen[row_id] = (text, enabled)
+        self.seen[row_id] = (text, enabled, slug)
         try:
-            rules = parse_rules(text, source=row_id)
+            rules = parse_rules(text, source=row_id, tenant=slug)
         except RuleError as exc:
             self.invalid.add(row_id)
             kept = " The last valid version stays active." if row_id in by_row else ""

@@ -8,8 +8,22 @@ comes back after the ack wait.
 
 The connection uses the service user's own inbox prefix (`service_inbox`): its replies
 never travel under the shared `_INBOX.>`, which its permissions do not cover. Everything it
-publishes carries a hop count (`hops.py`); a message at the limit is counted, logged once
-per rule per LOOP_REPORT_EVERY and reported to the rule's source, never evaluated.
+publishes carries a hop count (`hops.py`); a message at the limit is never evaluated
+(counted, logged and reported to the rule's source by `guards.py`).
+
+Fan-out (`fanout.py`): every publish (alert or dead letter) takes one unit of the received
+message's output budget and one token of this tenant's bucket; without either it is
+dropped (counted, logged, reported to the rule's row by `guards.py`). A dropped
+publish counts as done for the ack, like the other things the router refuses on a rule's
+behalf (a message at the hop limit, an action that cannot render, a webhook whose address
+is refused and is dead-lettered): the message is acked, not handed back, because
+redelivery would repeat the publishes that did go out and add load exactly while the
+tenant is over its rate. At-least-once still holds for what the router itself fails at
+(a dead letter NATS refused, a cancelled run): those messages come back.
+
+Messages the server wrote as the answer to someone else's JetStream request
+(`replies.py`) are counted and dropped before evaluation, on both paths (a JetStream
+message is acked: it is not telemetry and never will be).
 """
 
 from __future__ import annotations
@@ -31,11 +45,16 @@ from cairn_common.natsauth import connect_options, service_inbox
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
 from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
+from rule_router.actions.egress import guarded_client
+from rule_router.addresses import EgressPolicy
 from rule_router.environment import RuleEnv
 from rule_router.errors import ActionError, RegexTimeout
 from rule_router.evaluate import evaluate_many
-from rule_router.hops import HOPS_HEADER, MAX_HOPS, hops, limit_warning, with_hops
+from rule_router.fanout import Allowance, received_budget, stamp
+from rule_router.guards import Guards, Warn
+from rule_router.hops import MAX_HOPS, hops
 from rule_router.model import Firing, PublishOut, Rule
+from rule_router.replies import server_answer
 from rule_router.ruleset import TELEMETRY, RuleSet
 from rule_router.subjects import subject_matches
 from rule_router.throttle import Throttle
@@ -50,26 +69,28 @@ CONCURRENCY = 64
 LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
 STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
 SERVICE_USER = "cairn-router"  # the router's NATS user name in every tenant account
-LOOP_REPORT_EVERY = 60.0  # seconds between reports of one rule's messages at the hop limit
 
 Suspend = Callable[[Rule, str], None]
-Warn = Callable[[Rule, str], None]
 
 
 class TenantRouter:
+    """`http` None (the service): a webhook client of its own, with this tenant's egress
+    policy, made at start and closed at stop; a given client (tests) is the caller's."""
+
     def __init__(self, slug: str, nats_url: str, creds: Callable[[], tuple[str, str]],
-                 http: httpx.AsyncClient, on_suspend: Suspend | None = None, *,
+                 http: httpx.AsyncClient | None, on_suspend: Suspend | None = None, *,
                  user: str = SERVICE_USER, on_warn: Warn | None = None) -> None:
         self.slug = slug
         self.user = user
         self.on_suspend = on_suspend
         self.on_warn = on_warn
-        self.env = RuleEnv.from_environ()
-        self.loop_reports = Throttle()
+        self.env = RuleEnv.from_environ(tenant=slug)  # bare and `slug:` entries
+        self.guards = Guards(slug, on_warn)  # hop limit, server replies, fan-out bounds
         self.strikes: dict[str, int] = {}  # rule source -> regex time-outs
         self.nats_url = nats_url
         self.creds = creds
         self.http = http
+        self._owns_http = False
         self.ruleset = RuleSet()
         self.throttle = Throttle()
         self.nc: NATS | None = None
@@ -82,6 +103,10 @@ class TenantRouter:
         self._closing = False
 
     async def start(self) -> None:
+        if self.http is None:
+            self.http = guarded_client(EgressPolicy.from_environ(tenant=self.slug))
+            self._owns_http = True
+
         async def on_error(exc: Exception) -> None:
             log.warning("tenant link error", extra={"tenant": self.slug, "error": str(exc)})
 
@@ -115,6 +140,8 @@ class TenantRouter:
                 await asyncio.wait_for(self.nc.drain(), grace)
             except (TimeoutError, nats.errors.Error):
                 await self.nc.close()
+        if self._owns_http and self.http is not None:
+            await self.http.aclose()
 
     # -- intake -----------------------------------------------------------------------
 
@@ -206,8 +233,12 @@ class TenantRouter:
         rules = ruleset.index.match(msg.subject)
         if not rules:
             return []  # nothing to evaluate: not even a JSON decode
+        forged = server_answer(msg.headers, msg.data)
+        if forged is not None:
+            self.guards.server_reply(msg.subject, forged)
+            return []
         if msg.headers and hops(msg.headers) >= MAX_HOPS:
-            self._at_hop_limit(rules, msg.subject)
+            self.guards.at_hop_limit(rules, msg.subject)
             return []
         self._count += 1
         timed = self._count % LATENCY_SAMPLE == 0  # a sample keeps the histogram cheap
@@ -225,17 +256,6 @@ class TenantRouter:
                         extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
         return firings
 
-    def _at_hop_limit(self, rules: list[Rule], subject: str) -> None:
-        metrics.LOOP_DROPPED.inc()
-        for rule in rules:
-            if not self.loop_reports.allow(rule.id, LOOP_REPORT_EVERY):
-                continue
-            log.warning("message at the hop limit not evaluated; rules publishing in a loop?",
-                        extra={"tenant": self.slug, "rule": rule.name, "subject": subject,
-                               "hops": MAX_HOPS})
-            if self.on_warn is not None:
-                self.on_warn(rule, limit_warning(subject))
-
     def _strike(self, rule: Rule, exc: RegexTimeout) -> None:
         """A regex that keeps running out of time costs every tenant on this router up
         to REGEX_TIMEOUT per message: after STRIKES its rules are taken out."""
@@ -252,9 +272,11 @@ class TenantRouter:
         """Act, then ack (JetStream); a cancelled or failed run hands the message back."""
         try:
             done = True
+            allowance = Allowance.split(received_budget(msg.headers),
+                                        sum(len(f.actions) for f in firings))
             for firing in firings:
                 metrics.MATCHES.inc()
-                done = await self._act(firing, msg, path) and done
+                done = await self._act(firing, msg, path, allowance) and done
             if path == "jetstream":
                 if done:
                     await msg.ack()
@@ -265,20 +287,24 @@ class TenantRouter:
                 await _nak_all([msg])
             raise
 
-    async def _act(self, firing: Firing, msg: Msg, path: str) -> bool:
-        """Run every action; True when each one succeeded or was dead-lettered."""
+    async def _act(self, firing: Firing, msg: Msg, path: str, allowance: Allowance) -> bool:
+        """Run every action; True when each one succeeded, was dead-lettered or was
+        dropped by a fan-out bound."""
         original = msg.data
         hop = hops(msg.headers) + 1
         ok = True
         for out in firing.actions:
             if isinstance(out, PublishOut):
-                out = replace(out, headers=with_hops(out.headers, hop))
+                if not self.guards.may_publish(firing, allowance):
+                    continue
+                out = replace(out, headers=stamp(out.headers, hop, allowance.child))
                 try:
                     await ACTIONS["publish"](out, self.nc)
                     metrics.ACTIONS.labels("publish", "ok").inc()
                 except ActionError as exc:
                     metrics.ACTIONS.labels("publish", "failed").inc()
-                    ok = await self._deadletter(firing, out, exc, original, hop) and ok
+                    ok = await self._deadletter(firing, out, exc, original, hop,
+                                                allowance) and ok
                 continue
             if path == "jetstream":
                 await msg.in_progress()  # a webhook with retries may outlast the ack wait
@@ -286,16 +312,19 @@ class TenantRouter:
             metrics.WEBHOOK_RETRIES.inc(max(0, result.attempts - 1))
             metrics.ACTIONS.labels("webhook", "ok" if result.ok else "failed").inc()
             if not result.ok:
-                ok = await self._deadletter(firing, out, result, original, hop) and ok
+                ok = await self._deadletter(firing, out, result, original, hop,
+                                            allowance) and ok
         return ok
 
     async def _deadletter(self, firing: Firing, out: Any, error: Any, original: bytes,
-                          hop: int) -> bool:
+                          hop: int, allowance: Allowance) -> bool:
+        if not self.guards.may_publish(firing, allowance):
+            return True  # dropped like any publish past a fan-out bound (see above)
         try:
             assert self.nc is not None
             await self.nc.publish(DEADLETTER_SUBJECT,
                                   deadletter_payload(firing, out, error, original),
-                                  headers={HOPS_HEADER: str(hop)})
+                                  headers=stamp(None, hop, allowance.child))
             metrics.DEADLETTERS.inc()
             return True
         except (nats.errors.Error, OSError) as exc:

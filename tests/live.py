@@ -32,6 +32,7 @@ def write_agent_config(directory: Path, code: str, pb_url: str, nats_url: str) -
     a log file, and a small whitelist."""
     scripts = directory / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
+    scripts.chmod(0o755)  # the agent refuses a scripts dir others may write (any umask)
     (scripts / "nap.sh").write_text(SCRIPT_SLEEP)
     (scripts / "facts.py").write_text("import json\nprint(json.dumps({'answer': 42}))\n")
     (scripts / "canary.sh").write_text('#!/bin/sh\necho ran >> "$1"\necho ok\n')

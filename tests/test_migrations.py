@@ -237,7 +237,9 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
         assert by_name["agent"]["subscribe_allow"] == ["agents.{code}.cmd.>", "{inbox}.>"]
         assert by_name["agent"]["allow_responses"] is True
         assert by_name["service"]["publish_allow"] == [">"]
-        assert by_name["viewer"]["publish_deny"] == ["agents.>"]
+        assert by_name["viewer"]["publish_deny"] == [">"]
+        assert by_name["viewer"]["publish_allow"] == []
+        assert by_name["agent"]["publish_deny"] == ["agents.{code}.cmd.>", "{inbox}.>"]
         assert "{inbox}.>" in by_name["viewer"]["subscribe_allow"]
         assert by_name["viewer"]["allow_responses"] is False
         assert by_name["router"]["subscribe_allow"] == ["agents.>", "alerts.>", "{inbox}.>"]

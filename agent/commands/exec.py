@@ -3,7 +3,9 @@
 The request names either a command line that matches an entry of `commands.allowed`
 exactly (token by token, so spacing does not matter; no args), or the bare file name of a
 script inside `commands.scripts_directory` (args allowed, passed as argv entries). Every
-check happens before anything is started; a refused request runs nothing.
+check happens before anything is started; a refused request runs nothing. A script that
+another local user could have changed (it or its directory writable by group/other, or not
+the agent's user's or root's) is refused, with the fix in the error (agent/trust.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import unicodedata
 from typing import Any
 
-from agent import process
+from agent import process, trust
 from agent.commands.request import check
 from agent.context import Context
 from agent.errors import CommandError
@@ -177,6 +179,9 @@ def _script_path(name: str, ctx: Context) -> tuple[str, str]:
         raise CommandError(f"script {_show(name)} cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
         raise CommandError(f"script {_show(name)} is not a regular file")
+    loose = trust.script_problem(real, directory)  # another user could have rewritten it
+    if loose:
+        raise CommandError(f"refusing to run script {_show(name)}: {loose}")
     return real, directory
 
 

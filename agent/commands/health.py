@@ -39,7 +39,8 @@ def report(ctx: Context) -> dict[str, Any]:
             "telemetry_buffered": stats.telemetry_buffered,
             "telemetry_dropped": stats.telemetry_dropped,
         },
-        "commands": {"processed": stats.commands_processed, "errored": stats.commands_errored},
+        "commands": {"processed": stats.commands_processed, "errored": stats.commands_errored,
+                     "dropped": stats.commands_dropped},
         "os": os_info(),
     }
 

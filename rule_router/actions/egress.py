@@ -7,6 +7,16 @@ rebinding). So this client's network backend resolves the name itself (non-block
 one it checked. TLS still verifies the certificate against the URL's host name (httpcore
 passes it as the server name), and the Host header is the URL's. No proxies (a proxy would
 connect on our behalf, unchecked), no redirects, no unix sockets.
+
+A name that does not resolve is refused with the very message (and, not retried, the same
+single attempt) of a name that resolves only to non-public addresses: a rule author must
+not learn from dead letters which internal names exist. (A name the policy lists is the
+operator's to reveal: its failure to resolve is a retried connection error. So is a
+resolver that times out.)
+
+The policy is one tenant's (`EgressPolicy.from_environ(tenant=slug)`), so each tenant
+runtime has a client of its own: a shared pool would also share kept-alive connections,
+opened under another tenant's allowlist.
 """
 
 from __future__ import annotations
@@ -20,7 +30,13 @@ from typing import Any
 import httpcore
 import httpx
 
-from rule_router.addresses import EgressPolicy, IPAddress, parse_ip
+from rule_router.addresses import (
+    EgressPolicy,
+    IPAddress,
+    name_refusal,
+    normal_host,
+    parse_ip,
+)
 from rule_router.errors import EgressRefused
 
 
@@ -44,7 +60,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             else:
                 refusal = refusal or why
         if not allowed:
-            raise EgressRefused(refusal or f"refused: {host} resolves to no address")
+            raise EgressRefused(refusal or name_refusal(host))
         failure: Exception | None = None
         for ip in allowed:  # the checked addresses, and only those
             try:
@@ -74,7 +90,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+            if normal_host(host) in self.policy.hosts:  # listed: no secret to keep
+                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+            raise EgressRefused(name_refusal(host)) from None
         found: list[IPAddress] = []
         for _family, _type, _proto, _name, sockaddr in infos:
             ip = ipaddress.ip_address(str(sockaddr[0]))
@@ -100,7 +118,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 def guarded_client(policy: EgressPolicy | None = None) -> httpx.AsyncClient:
-    """The router's webhook client; `policy` defaults to CAIRN_ROUTER_WEBHOOK_ALLOW."""
+    """A webhook client; `policy` defaults to CAIRN_ROUTER_WEBHOOK_ALLOW's bare entries."""
     policy = EgressPolicy.from_environ() if policy is None else policy
     return httpx.AsyncClient(transport=GuardedTransport(policy), trust_env=False,
                              follow_redirects=False)

@@ -10,7 +10,9 @@ Bounded, because the URL and the numbers come from a tenant's rule and the serve
 other end may be hostile: each attempt (connect to last byte) ends after `out.timeout`
 (at most MAX_TIMEOUT), attempts and waits are capped as in `model`, at most BODY_READ bytes
 of a response are read, and what reaches a dead letter is `excerpt()`: one printable line
-of at most EXCERPT characters.
+of at most EXCERPT characters. Headers the HTTP client owns (`Host`, framing, `Proxy-*`;
+`model.reserved_webhook_header`) are refused at validation and again here, whoever built
+the action.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from rule_router.model import (
     MAX_TIMEOUT,
     WebhookOut,
     WebhookResult,
+    reserved_webhook_header,
 )
 
 EXCERPT = 200  # characters of a response body (or error text) in a dead letter
@@ -82,6 +85,10 @@ async def run(out: WebhookOut, client: httpx.AsyncClient, *,
               max_backoff: float = MAX_BACKOFF, sleep: Any = None) -> WebhookResult:
     """Send `out` through `client`; retry as described above; return the outcome."""
     started = time.monotonic()
+    reserved = next((name for name in out.headers if reserved_webhook_header(name)), None)
+    if reserved is not None:
+        return WebhookResult(False, 0, None, f"refused: {reserved} is set by the router's "
+                             "HTTP client, not by rules")
     attempts = 0
     timeout = min(out.timeout, MAX_TIMEOUT)
     backoff = min(out.backoff, max_backoff)

@@ -142,7 +142,7 @@ async def test_heartbeat_and_system_telemetry(fleet):
 
     await fleet.control.subscribe(f"agents.{fleet.device['code']}.heartbeat", cb=on_beat)
     await eventually(lambda: _truthy(beats), 5, "a heartbeat")
-    assert beats[0]["timestamp"]
+    assert beats[0]["timestamp"] and beats[0]["device"] == fleet.device["code"]
     js = fleet.control.jetstream()
     before = (await js.stream_info("TELEMETRY")).state.messages
     await fleet.app.publish_system()

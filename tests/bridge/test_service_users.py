@@ -27,7 +27,7 @@ async def test_service_user_lifecycle(tenant, admin, nats_env):
                                             "role": "viewer", "active": True})
     issued = await eventually(lambda: _with_creds(admin, row["id"]), 5)
     jwt, seed = creds.parse(issued["creds"])
-    assert natsjwt.decode(jwt)["nats"]["pub"]["deny"] == ["agents.>"]
+    assert natsjwt.decode(jwt)["nats"]["pub"]["deny"] == [">"]
     closed = asyncio.Event()
 
     async def on_closed() -> None:

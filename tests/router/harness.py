@@ -5,14 +5,15 @@ at (respx patches httpx's pool, so it cannot show what reaches a socket)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from cairn_common.pocketbase import PocketBase
 from rule_router.app import Router
 from rule_router.identity import RouterIdentity
-from tests.live import eventually, uid
+from tests.live import account_ready, connect, eventually, new_tenant, uid
 
 
 async def service_creds(admin: PocketBase, tenant: dict[str, Any],
@@ -32,6 +33,26 @@ async def start_router(pb_env: Any, nats_env: Any, admin: PocketBase,
     for tenant in tenants:
         await eventually(lambda t=tenant: _routing(router, t["id"]), 30, "router follows")
     return router
+
+
+@asynccontextmanager
+async def routed_tenants(admin: PocketBase, pb_env: Any, nats_env: Any,
+                         identity: RouterIdentity, count: int = 1,
+                         ) -> AsyncIterator[tuple[list[dict[str, Any]], list[Any], Router]]:
+    """`count` fresh tenants, a router following them, and a `cairn-bridge` connection
+    into each (to publish telemetry and watch alerts); all closed afterwards."""
+    tenants = [await account_ready(admin, await new_tenant(admin)) for _ in range(count)]
+    router = await start_router(pb_env, nats_env, admin, tenants, identity)
+    links = []
+    try:
+        for tenant in tenants:
+            svc = await service_creds(admin, tenant)
+            links.append(await connect(nats_env.url, svc["jwt"], svc["seed"]))
+        yield tenants, links, router
+    finally:
+        for nc in links:
+            await nc.close()
+        await router.stop()
 
 
 async def _routing(router: Router, tenant_id: str) -> bool:

@@ -1,5 +1,6 @@
-"""Which addresses webhooks may reach, CAIRN_ROUTER_WEBHOOK_ALLOW, and the early check of
-webhook URLs whose host is written as an address; webhook bounds at validation."""
+"""Which addresses webhooks may reach, CAIRN_ROUTER_WEBHOOK_ALLOW (bare and tenant-scoped
+entries), and the early check of webhook URLs whose host is written as an address; webhook
+bounds at validation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import ipaddress
 
 import pytest
 
-from rule_router.addresses import EgressPolicy, classify, literal_refusal, parse_ip
+from rule_router.addresses import (
+    EgressPolicy,
+    classify,
+    literal_refusal,
+    name_refusal,
+    parse_ip,
+)
 from rule_router.errors import RuleError
 from rule_router.parse import parse_rules
 
@@ -62,14 +69,59 @@ def test_the_allow_setting_takes_hosts_and_cidrs():
     assert NONE.refusal("x", ipaddress.ip_address("8.8.8.8")) is None
 
 
-def test_the_refusal_names_the_class_and_the_setting_but_not_a_resolved_address():
+def test_a_refusal_by_address_names_its_class_and_by_name_neither_address_nor_class():
     ip = ipaddress.ip_address("10.1.2.3")
     assert NONE.refusal("10.1.2.3", ip) == (
         "refused: 10.1.2.3 is not a public address (private); webhooks may reach it only "
         "if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
     by_name = NONE.refusal("db.corp.example", ip)
-    assert "db.corp.example resolves to an address that is not public (private)" in by_name
-    assert "10.1.2.3" not in by_name
+    # one message for every refused name: it does not say where (or whether) it resolves
+    assert by_name == name_refusal("db.corp.example") == (
+        "refused: db.corp.example does not resolve to a public address; webhooks may reach "
+        "it only if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
+    assert NONE.refusal("db.corp.example", ipaddress.ip_address("127.0.0.1")) == by_name
+
+
+SCOPED = ("127.0.0.1, a-slug:10.0.0.0/8, a-slug:hooks.internal, b-slug:[fd00::/8], "
+          "[fd00:1::/32], fe80::1, 2001:db8::/32, a-slug:bad/cidr")
+
+
+def test_a_scoped_entry_applies_to_its_tenant_only():
+    a, b, bare = (EgressPolicy.parse(SCOPED, t) for t in ("a-slug", "b-slug", None))
+    private, name = ipaddress.ip_address("10.1.2.3"), "hooks.internal"
+    assert a.refusal("x", private) is None and a.refusal(name, private) is None
+    for other in (b, bare, EgressPolicy.parse(SCOPED, "c-slug")):
+        # refused for everyone else, with the message of an entry that does not exist
+        assert other.refusal("x", private) == NONE.refusal("x", private)
+        assert other.refusal(name, private) == NONE.refusal(name, private)
+    # bare entries are everyone's (positive control in every tenant)
+    for policy in (a, b, bare):
+        assert policy.refusal("x", ipaddress.ip_address("127.0.0.1")) is None
+        assert policy.refusal("x", ipaddress.ip_address("fd00:1::5")) is None  # bracketed
+        assert policy.refusal("x", ipaddress.ip_address("fe80::1")) is None  # not `slug:`
+    assert b.refusal("x", ipaddress.ip_address("fd00::5")) is None
+    assert a.refusal("x", ipaddress.ip_address("fd00::5")) is not None
+    # ambiguous: read as `2001:` + `db8::/32`, which allows less, never more
+    for tenant in (None, "a-slug", "2001"):
+        assert EgressPolicy.parse(SCOPED, tenant).refusal(
+            "x", ipaddress.ip_address("2001:db8::1")) is not None
+    assert a.networks == (ipaddress.ip_network("127.0.0.1/32"),
+                          ipaddress.ip_network("10.0.0.0/8"),
+                          ipaddress.ip_network("fd00:1::/32"), ipaddress.ip_network("fe80::1"))
+
+
+def test_validation_applies_the_rows_tenant(monkeypatch):
+    monkeypatch.setenv("CAIRN_ROUTER_WEBHOOK_ALLOW", "a-slug:127.0.0.1")
+    text = HOOK.format(url="http://127.0.0.1:9/x")
+    assert parse_rules(text, "row", {}, tenant="a-slug")
+    with pytest.raises(RuleError) as scoped:
+        parse_rules(text, "row", {}, tenant="b-slug")
+    monkeypatch.setenv("CAIRN_ROUTER_WEBHOOK_ALLOW", "")
+    with pytest.raises(RuleError) as unlisted:
+        parse_rules(text, "row", {}, tenant="b-slug")
+    assert scoped.value.row_message == unlisted.value.row_message == (
+        "line 2: actions[0].webhook: refused: 127.0.0.1 is not a public address (loopback); "
+        "webhooks may reach it only if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
 
 
 @pytest.mark.parametrize(("pattern", "refused"), [

@@ -170,3 +170,26 @@ def test_test_regex_running_out_of_time_is_exit_1(files):
     assert r.returncode == 1
     assert "no match, the condition ran out of time" in r.stdout
     assert "took longer than 20 ms" in r.stdout
+
+
+def test_tenant_scoped_entries_count_only_with_that_tenant(files):
+    """`--tenant SLUG` judges a file as that tenant's rows are judged; without it, or for
+    another tenant, a scoped entry is as good as absent."""
+    env = {"ALERT_TOKEN": "s3cret", "CAIRN_ROUTER_ENV_ALLOW": "a-slug:ALERT_TOKEN",
+           "CAIRN_ROUTER_WEBHOOK_ALLOW": "a-slug:127.0.0.1"}
+    (files / "local.yaml").write_text("actions: [{webhook: 'http://127.0.0.1:9/x'}]\n")
+    args = ("test", str(files / "short.yaml"), str(files / "hot.json"),
+            "--subject", "agents.web1.telemetry.system")
+    r = run(*args, "--tenant", "a-slug", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Bearer ***" in r.stdout and "s3cret" not in r.stdout + r.stderr
+    for extra in ((), ("--tenant", "b-slug")):
+        r = run(*args, *extra, env=env)
+        assert r.returncode == 1
+        assert r.stderr.strip().endswith(
+            "${ALERT_TOKEN} is not allowed: list it in CAIRN_ROUTER_ENV_ALLOW")
+        r = run("check", str(files / "local.yaml"), *extra, env=env)
+        assert r.returncode == 1 and "CAIRN_ROUTER_WEBHOOK_ALLOW lists it" in r.stdout
+    r = run("check", str(files / "short.yaml"), str(files / "local.yaml"), "--tenant",
+            "a-slug", env=env)
+    assert r.returncode == 0, r.stdout

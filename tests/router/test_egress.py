@@ -1,7 +1,8 @@
 """The webhook client against a real HTTP server on 127.0.0.1: refused addresses never get a
 connection (also by a name that resolves to loopback), allowed ones do; a refusal is not
-retried; redirects are not followed; every attempt and every body read is bounded; TLS
-still verifies the URL's host name."""
+retried, and a name that does not resolve is refused exactly alike; headers the client owns
+are refused; redirects are not followed; every attempt and every body read is bounded;
+TLS still verifies the URL's host name."""
 
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ async def test_loopback_is_refused_before_any_connection_and_allowed_when_listed
         for url in _attacks(sink):
             with pytest.raises(EgressRefused, match="CAIRN_ROUTER_WEBHOOK_ALLOW") as info:
                 await client.post(url, content=b"x")
-            assert "loopback" in str(info.value) or "unspecified" in str(info.value), url
+            text = str(info.value)  # an address shows its class; a name never does
+            assert any(k in text for k in ("(loopback)", "(loopback, IPv4-mapped)",
+                                           "(unspecified)", "localhost does not resolve")), url
     assert sink.connections == 0 and sink.requests == []
     async with guarded_client(LOOPBACK) as client:  # positive control: the same server
         for url in (sink.url(), sink.url(host="localhost")):
@@ -64,8 +67,8 @@ async def test_a_name_resolving_to_loopback_is_refused_by_name(sink):
         with pytest.raises(EgressRefused) as info:
             await client.get(sink.url(host="localhost"))
     assert str(info.value) == (
-        "refused: localhost resolves to an address that is not public (loopback); webhooks "
-        "may reach it only if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
+        "refused: localhost does not resolve to a public address; webhooks may reach it only "
+        "if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
     async with guarded_client(EgressPolicy.parse("localhost")) as client:  # a listed host
         assert (await client.get(sink.url(host="localhost"))).status_code == 200
     assert sink.connections == 1
@@ -89,6 +92,44 @@ async def test_a_refused_webhook_is_not_retried(sink):
     async with guarded_client(LOOPBACK) as client:
         assert (await webhook.run(hook(sink.url(), attempts=5), client)).ok
     assert len(sink.requests) == 1
+
+
+async def test_a_name_that_does_not_resolve_looks_like_one_that_resolves_inside(sink):
+    """Dead letters must not map the router's DNS: same message, same single attempt."""
+    async with guarded_client(NONE) as client:
+        inside = await webhook.run(hook(sink.url(host="localhost"), attempts=5), client)
+        nowhere = await webhook.run(hook(sink.url(host="no-such-host.invalid"), attempts=5),
+                                    client)
+    assert (inside.ok, inside.attempts, inside.status) == (False, 1, None)
+    assert (nowhere.ok, nowhere.attempts, nowhere.status) == (False, 1, None)
+    assert nowhere.error == inside.error.replace("localhost", "no-such-host.invalid") == (
+        "refused: no-such-host.invalid does not resolve to a public address; webhooks may "
+        "reach it only if CAIRN_ROUTER_WEBHOOK_ALLOW lists it")
+    # a name the operator listed may say it does not resolve (and is retried)
+    async with guarded_client(EgressPolicy.parse("no-such-host.invalid")) as client:
+        listed = await webhook.run(hook(sink.url(host="no-such-host.invalid"), attempts=2),
+                                   client)
+    assert listed.attempts == 2 and "cannot resolve no-such-host.invalid" in listed.error
+    async with guarded_client(EgressPolicy.parse("localhost")) as client:  # control
+        assert (await webhook.run(hook(sink.url(host="localhost")), client)).ok
+    assert sink.connections == 1
+
+
+async def test_headers_the_client_owns_are_refused_at_run_time_too(sink):
+    """Parsing refuses them; run() refuses them again, whoever built the action."""
+    smuggle = WebhookOut(url=sink.url(), method="POST", body=b"{}", safe_url=sink.url(),
+                         headers={"Host": "internal.corp", "X-Trace": "1"})
+    async with guarded_client(LOOPBACK) as client:
+        result = await webhook.run(smuggle, client)
+        assert (result.ok, result.attempts) == (False, 0)
+        assert result.error == ("refused: Host is set by the router's HTTP client, not by "
+                                "rules")
+        assert sink.connections == 0
+        fine = WebhookOut(url=sink.url(), method="POST", body=b"{}", safe_url=sink.url(),
+                          headers={"X-Trace": "1"})
+        assert (await webhook.run(fine, client)).ok
+    assert sink.requests[0].headers["host"] == f"127.0.0.1:{sink.port}"
+    assert sink.requests[0].headers["x-trace"] == "1"
 
 
 async def test_redirects_are_not_followed(sink):

@@ -1,5 +1,6 @@
-"""${NAME} resolves only names listed in CAIRN_ROUTER_ENV_ALLOW: at validation the same
-message whether the name exists or not, at render time a counted error, never a value."""
+"""${NAME} resolves only names listed in CAIRN_ROUTER_ENV_ALLOW (bare: every tenant;
+`slug:NAME`: that tenant only): at validation the same message whether the name exists, is
+another tenant's or not, at render time a counted error, never a value."""
 
 from __future__ import annotations
 
@@ -94,3 +95,42 @@ def test_evaluate_many_reports_the_unlisted_name_as_a_rule_error():
         ("bad", "rule 'rule 1': action 1 (publish): ${CAIRN_ADMIN_PASSWORD} is not allowed: "
                 "list it in CAIRN_ROUTER_ENV_ALLOW")]
     assert "hunter2" not in str(errors)
+
+
+SCOPED = {"A_TOKEN": "a-secret", "SHARED": "for-all", "B_TOKEN": "b-secret",
+          ENV_ALLOW: "SHARED, a-slug:A_TOKEN, b-slug : B_TOKEN, :NOBODY, a-slug:"}
+
+
+def test_a_scoped_name_is_listed_for_its_tenant_only():
+    assert allowed_names(SCOPED) == {"SHARED"}  # no tenant: bare entries only
+    assert allowed_names(SCOPED, "a-slug") == {"SHARED", "A_TOKEN"}
+    assert allowed_names(SCOPED, "b-slug") == {"SHARED", "B_TOKEN"}
+    assert allowed_names(SCOPED, "c-slug") == {"SHARED"}
+    assert dict(RuleEnv.from_environ(SCOPED, tenant="a-slug")) == {"A_TOKEN": "a-secret",
+                                                                   "SHARED": "for-all"}
+
+
+def test_another_tenants_scoped_name_is_refused_like_an_unlisted_one():
+    a = RuleEnv.from_environ(SCOPED, tenant="a-slug")
+    b = RuleEnv.from_environ(SCOPED, tenant="b-slug")
+    (rule,) = parse_rules(RULE.format(name="A_TOKEN"), "row", a)  # positive control
+    assert evaluate(rule, "alerts.x", b"{}", env=a).actions[0].payload == b'{"v": "a-secret"}'
+    refused = _error("A_TOKEN", b)
+    assert refused == _error("NO_SUCH_NAME", b).replace("NO_SUCH_NAME", "A_TOKEN") == (
+        "line 4: actions[0].payload: ${A_TOKEN} is not allowed: list it in "
+        "CAIRN_ROUTER_ENV_ALLOW")
+    # a rule validated for A and then run by B's runtime: a counted error, never the value
+    with pytest.raises(TemplateError, match=r"\$\{A_TOKEN\} is not allowed"):
+        evaluate(rule, "alerts.x", b"{}", env=b)
+    # bare names are for every tenant
+    for env in (a, b, RuleEnv.from_environ(SCOPED)):
+        assert parse_rules(RULE.format(name="SHARED"), "row", env)
+
+
+def test_validation_reads_the_scope_from_the_rows_tenant(monkeypatch):
+    monkeypatch.setenv("A_TOKEN", "a-secret")
+    monkeypatch.setenv(ENV_ALLOW, "a-slug:A_TOKEN")
+    assert parse_rules(RULE.format(name="A_TOKEN"), "row", tenant="a-slug")
+    for tenant in ("b-slug", None):
+        with pytest.raises(RuleError, match=r"\$\{A_TOKEN\} is not allowed"):
+            parse_rules(RULE.format(name="A_TOKEN"), "row", tenant=tenant)

@@ -1,5 +1,6 @@
 """A tenant runtime's guards on received messages (no connection needed to evaluate): the
-hop limit, and `${NAME}` outside the allowlist at render time."""
+hop limit, the server's answers to JetStream requests, and `${NAME}` outside the
+allowlist (or scoped to another tenant) at render time."""
 
 from __future__ import annotations
 
@@ -76,3 +77,38 @@ def test_an_unlisted_variable_at_render_time_is_a_counted_error_never_a_value(mo
     firings = router.evaluate(_msg("alerts.in"))
     assert metrics.RUNTIME_ERRORS._value.get() == errors + 1
     assert [(f.rule.source, f.actions[0].payload) for f in firings] == [("good", b'"fine"')]
+
+
+def test_a_server_answer_on_a_rule_subject_is_dropped_before_evaluation():
+    router = _tenant({"watch": WATCH})
+    before = metrics.SERVER_REPLIES_DROPPED._value.get()
+    direct_get = Msg(_client=None, subject="alerts.x.in", data=b'{"cpu": 99}',  # type: ignore[arg-type]
+                     headers={"Nats-Stream": "TELEMETRY", "Nats-Sequence": "3"})
+    status = Msg(_client=None, subject="alerts.x.in", data=b"",  # type: ignore[arg-type]
+                 headers={"Status": "404", "Description": "Message Not Found"})
+    for msg in (direct_get, status, _msg("alerts.x.in", b'{"stream":"TELEMETRY","seq":3}')):
+        assert router.evaluate(msg) == []
+    assert metrics.SERVER_REPLIES_DROPPED._value.get() == before + 3
+    assert router.guards.dropped["server-reply"] == 3
+    # positive control: the same subject with an ordinary message fires
+    assert [f.rule.source for f in router.evaluate(_msg("alerts.x.in", b'{"cpu": 99}'))] == [
+        "watch"]
+    # a subject no rule listens on costs nothing and is not counted
+    assert router.evaluate(Msg(_client=None, subject="alerts.y", data=b"",  # type: ignore[arg-type]
+                               headers={"Status": "404"})) == []
+    assert metrics.SERVER_REPLIES_DROPPED._value.get() == before + 3
+
+
+def test_the_runtime_reads_allow_entries_for_its_own_tenant(monkeypatch):
+    monkeypatch.setenv("CAIRN_TEST_A_TOKEN", "a-secret")
+    monkeypatch.setenv("CAIRN_ROUTER_ENV_ALLOW", "a-slug:CAIRN_TEST_A_TOKEN")
+    payload = ("subject: alerts.in\nactions:\n  - publish: alerts.out\n"
+               "    payload: '${CAIRN_TEST_A_TOKEN}'\n")
+    rules = {"row": parse_rules(payload, "row", {"CAIRN_TEST_A_TOKEN": "x"})}
+    a = TenantRouter("a-slug", "nats://x", lambda: ("", ""), None)
+    b = TenantRouter("b-slug", "nats://x", lambda: ("", ""), None)
+    a.ruleset = b.ruleset = RuleSet.build(rules)
+    errors = metrics.RUNTIME_ERRORS._value.get()
+    assert [f.actions[0].payload for f in a.evaluate(_msg("alerts.in"))] == [b'"a-secret"']
+    assert b.evaluate(_msg("alerts.in")) == []  # B's runtime never renders A's token
+    assert metrics.RUNTIME_ERRORS._value.get() == errors + 1

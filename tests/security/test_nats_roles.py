@@ -200,7 +200,17 @@ async def test_role_change_is_audited_and_reissued(tenant, admin, pb_env, bridge
         return await admin.first("audit_log", f'action = "device.role_changed" && '
                                  f'target = "devices/{device["code"]}"')
 
-    row = await eventually(audited, 10)
+    try:
+        row = await eventually(audited, 30)
+    except AssertionError:
+        now = await admin.get("devices", device["id"])
+        rows = await admin.list("audit_log", filter=f'target = "devices/{device["code"]}"')
+        tags = natsjwt.decode(now["nats_jwt"])["nats"].get("tags") if now["nats_jwt"] else None
+        first = natsjwt.decode(enrolled.jwt)["nats"].get("tags")
+        raise AssertionError(f"no role_changed audit; device row: role={now['role']!r} "
+                             f"error={now['error']!r} status={now['status']!r} tags={tags} "
+                             f"enrolled tags={first} audit={[r['action'] for r in rows]} "
+                             f"details={[r['details'] for r in rows]}") from None
     assert row["details"] == {"from": "agent", "to": narrow["name"]}
     reissued = await eventually(lambda: _jwt_changed(admin, device, enrolled.jwt), 10)
     tags = natsjwt.decode(reissued["nats_jwt"])["nats"]["tags"]
@@ -261,7 +271,8 @@ async def test_viewer_reads_but_never_touches_the_routers_consumer(tenant, admin
         await js_svc.publish("agents.d1.telemetry.system", b'{"cpu_percent": 5}')
         js = viewer.jetstream(timeout=2)
         # attacks: the router's durable consumer cannot be pulled, changed or deleted, no
-        # consumer of its own either (see the push test below), and no command
+        # consumer of its own either (see the push test below), no JetStream API at all
+        # (its reply subject would be an injection, see the next test), and no command
         for attempt in (
             lambda: viewer.request("$JS.API.CONSUMER.MSG.NEXT.TELEMETRY.cairn-router",
                                    b'{"batch": 1}', timeout=1),
@@ -269,6 +280,7 @@ async def test_viewer_reads_but_never_touches_the_routers_consumer(tenant, admin
                 durable_name="cairn-router", filter_subject="nothing.>")),
             lambda: js.delete_consumer("TELEMETRY", "cairn-router"),
             lambda: js.add_consumer("TELEMETRY", ConsumerConfig(name=name)),
+            lambda: js.get_msg("TELEMETRY", seq=1, direct=True),
             lambda: viewer.request("agents.d1.cmd.ping", b"{}", timeout=1),
         ):
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError,
@@ -277,13 +289,9 @@ async def test_viewer_reads_but_never_touches_the_routers_consumer(tenant, admin
         info = await js_svc.consumer_info("TELEMETRY", "cairn-router")
         assert info.config.filter_subject in (None, "")
         assert info.num_pending == 1  # nothing was taken from it
-        # positive controls: live telemetry, and history through a direct get
+        # positive control: live telemetry arrives
         await eventually(lambda: _ready(live), 5)
         assert json.loads(live[0]) == {"cpu_percent": 5}
-        got = await js.get_msg("TELEMETRY", seq=1, direct=True)
-        assert json.loads(got.data) == {"cpu_percent": 5}
-        last = await js.get_last_msg("TELEMETRY", "agents.d1.telemetry.system", direct=True)
-        assert last.seq == 1
     finally:
         await viewer.close()
         await svc.close()
@@ -321,4 +329,82 @@ async def test_viewer_push_consumer_cannot_deliver_into_a_device(tenant, admin, 
         assert got == [b"real"], "a viewer's consumer delivered into the device's subjects"
     finally:
         for nc in (device, viewer, svc):
+            await nc.close()
+
+
+async def test_jetstream_replies_cannot_be_aimed_at_a_device(tenant, admin, pb_env, nats_env):
+    """NATS does not check a reply subject: a viewer's JetStream API request with reply
+    `agents.X.cmd.rotate_creds` would have the server itself deliver the answer there."""
+    name, (jwt, seed) = await _viewer(admin, tenant)
+    x = await enroll(pb_env.url, admin, await new_device(admin, tenant))
+    code = x.device["code"]
+    device = await connect(nats_env.url, x.jwt, x.seed, inbox_prefix=device_inbox(code))
+    errors: list[Exception] = []
+    viewer = await connect(nats_env.url, jwt, seed, errors, inbox_prefix=service_inbox(name))
+    svc = await connect(nats_env.url, *await _service(admin, tenant))
+    got: list[bytes] = []
+
+    async def on_cmd(msg):
+        got.append(msg.data)
+
+    try:
+        await device.subscribe(f"agents.{code}.cmd.>", cb=on_cmd)
+        await _barrier(device)
+        for api in ("$JS.API.DIRECT.GET.TELEMETRY", "$JS.API.INFO",
+                    "$JS.API.STREAM.INFO.TELEMETRY"):
+            await viewer.publish(api, b'{"last_by_subj": "agents.none.telemetry.x"}',
+                                 reply=f"agents.{code}.cmd.rotate_creds")
+        await _barrier(viewer)
+        await eventually(lambda: _ready(_violations(errors)), 5)
+        await svc.publish(f"agents.{code}.cmd.ping", b"real")  # control on the same device
+        await eventually(lambda: _ready(got), 5)
+        await _barrier(svc, device)
+        assert got == [b"real"], "a JetStream reply reached the device's command subject"
+    finally:
+        for nc in (device, viewer, svc):
+            await nc.close()
+
+
+async def test_device_cannot_answer_its_own_request_into_another_subject(tenant, admin, pb_env,
+                                                                         nats_env):
+    """allow_responses lets a device publish to the reply subject of a request it got; if
+    it could send itself one, it could publish anywhere (another agent's exec)."""
+    x = await enroll(pb_env.url, admin, await new_device(admin, tenant))
+    y = await enroll(pb_env.url, admin, await new_device(admin, tenant))
+    code_x, code_y = x.device["code"], y.device["code"]
+    errors: list[Exception] = []
+    nc_x = await connect(nats_env.url, x.jwt, x.seed, errors, inbox_prefix=device_inbox(code_x))
+    nc_y = await connect(nats_env.url, y.jwt, y.seed, inbox_prefix=device_inbox(code_y))
+    svc = await connect(nats_env.url, *await _service(admin, tenant))
+    at_y: list[bytes] = []
+
+    async def on_y(msg):
+        at_y.append(msg.data)
+
+    async def answer(msg):  # the hostile device "replies" to whatever reply it was given
+        if msg.reply:
+            await nc_x.publish(msg.reply, b'{"command": "hostname"}')
+
+    try:
+        await nc_y.subscribe(f"agents.{code_y}.cmd.>", cb=on_y)
+        await nc_x.subscribe(f"agents.{code_x}.cmd.>", cb=answer)
+        await nc_x.subscribe(f"{device_inbox(code_x)}.>", cb=answer)
+        await _barrier(nc_x, nc_y)
+        await nc_x.publish(f"agents.{code_x}.cmd.x", b"{}", reply=f"agents.{code_y}.cmd.exec")
+        await nc_x.publish(f"{device_inbox(code_x)}.x", b"{}",
+                           reply=f"agents.{code_y}.cmd.exec")
+        await _barrier(nc_x)
+        await eventually(lambda: _ready(_violations(errors)), 5)
+        # control: a real request to X is answered through allow_responses, and Y hears
+        # what is really sent to it
+        reply = await svc.request(f"agents.{code_x}.cmd.ping", b"{}", timeout=5)
+        assert reply.data == b'{"command": "hostname"}'
+        await svc.publish(f"agents.{code_y}.cmd.ping", b"real")
+        await eventually(lambda: _ready(at_y), 5)
+        await _barrier(svc, nc_y)
+        assert at_y == [b"real"], "device X published into device Y's commands"
+        claims = natsjwt.decode(x.jwt)["nats"]
+        assert f"agents.{code_x}.cmd.>" in claims["pub"]["deny"]
+    finally:
+        for nc in (nc_x, nc_y, svc):
             await nc.close()

@@ -9,15 +9,14 @@ import pytest
 
 from rule_router import metrics
 from rule_router.hops import MAX_HOPS, limit_warning
-from tests.live import account_ready, connect, eventually, new_tenant, uid
+from tests.live import eventually, uid
 from tests.router.harness import (
     add_rule,
     at_least,
     collect,
     listening,
+    routed_tenants,
     row_with_status,
-    service_creds,
-    start_router,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,17 +24,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 async def world(bridge, router_identity, admin, pb_env, nats_env):
-    a = await account_ready(admin, await new_tenant(admin))
-    b = await account_ready(admin, await new_tenant(admin))
-    router = await start_router(pb_env, nats_env, admin, [a, b], router_identity)
-    links = []
-    for tenant in (a, b):
-        svc = await service_creds(admin, tenant)
-        links.append(await connect(nats_env.url, svc["jwt"], svc["seed"]))
-    yield a, b, *links, router
-    for nc in links:
-        await nc.close()
-    await router.stop()
+    async with routed_tenants(admin, pb_env, nats_env, router_identity, 2) as (
+            tenants, links, router):
+        yield *tenants, *links, router
 
 
 def _hops(msg) -> str | None:

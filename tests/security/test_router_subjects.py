@@ -9,15 +9,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.live import account_ready, connect, eventually, new_tenant, uid
+from tests.live import eventually, uid
 from tests.router.harness import (
     add_rule,
     at_least,
     collect,
     listening,
+    routed_tenants,
     row_with_status,
-    service_creds,
-    start_router,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,13 +25,9 @@ INBOX = "_INBOX_svc_cairn-router"
 
 @pytest.fixture(scope="module")
 async def world(bridge, router_identity, admin, pb_env, nats_env):
-    tenant = await account_ready(admin, await new_tenant(admin))
-    router = await start_router(pb_env, nats_env, admin, [tenant], router_identity)
-    svc = await service_creds(admin, tenant)
-    nc = await connect(nats_env.url, svc["jwt"], svc["seed"])
-    yield tenant, router, nc
-    await nc.close()
-    await router.stop()
+    async with routed_tenants(admin, pb_env, nats_env, router_identity) as (
+            tenants, links, router):
+        yield tenants[0], router, links[0]
 
 
 @pytest.mark.parametrize("filter_", [">", "_INBOX.>", "$JS.API.>", "_INBOX_svc_cairn-bridge.>"])

@@ -1,8 +1,11 @@
 """SPEC §11 "Outbound": a tenant admin's webhook cannot reach the router's own network.
 A literal non-public address is invalid at validation; a host only known at render time
 (from a message field, or a name resolving to loopback) is refused on the resolved address
-at connect time, not retried, and dead-lettered naming the address class and the setting.
-The real server on 127.0.0.1 gets nothing — until CAIRN_ROUTER_WEBHOOK_ALLOW lists it."""
+at connect time, not retried, and dead-lettered naming the setting (and the class of an
+address, never of a name).
+The real server on 127.0.0.1 gets nothing — until CAIRN_ROUTER_WEBHOOK_ALLOW lists it. A
+name's refusal never says where (or whether) it resolves; a rule cannot set `Host` or the
+headers that frame a request."""
 
 from __future__ import annotations
 
@@ -58,18 +61,21 @@ async def test_webhooks_to_loopback_are_refused_until_the_operator_allows_them(
         await row_with_status(admin, templated["id"], "valid")  # the host is not known yet
         dead = await collect(nc, "alerts.deadletter")
         await listening(router, tenant, f"alerts.{topic}.hook")
-        for host in ("127.0.0.1", "localhost"):
+        # an internal name and one that does not exist must read the same (no DNS map)
+        for host in ("127.0.0.1", "localhost", "no-such-host.invalid"):
             await nc.publish(f"alerts.{topic}.hook",
                              json.dumps({"host": host, "port": sink.port}).encode())
-        await eventually(lambda: at_least(dead, 2), 10, "two dead letters")
-        letters = [json.loads(m.data) for m in dead]
-        assert [d["attempts"] for d in letters] == [1, 1]  # refused: never retried
+        await eventually(lambda: at_least(dead, 3), 10, "three dead letters")
+        letters = sorted((json.loads(m.data) for m in dead), key=lambda d: d["error"])
+        assert [d["attempts"] for d in letters] == [1, 1, 1]  # refused: never retried
         assert [d["error"] for d in letters] == [
             f"refused: 127.0.0.1 is not a public address (loopback); webhooks may reach it "
             f"only if {SETTING} lists it",
-            f"refused: localhost resolves to an address that is not public (loopback); "
-            f"webhooks may reach it only if {SETTING} lists it"]
-        assert [m.headers.get("Cairn-Hops") for m in dead] == ["1", "1"]
+            f"refused: localhost does not resolve to a public address; webhooks may reach "
+            f"it only if {SETTING} lists it",
+            f"refused: no-such-host.invalid does not resolve to a public address; webhooks "
+            f"may reach it only if {SETTING} lists it"]
+        assert [m.headers.get("Cairn-Hops") for m in dead] == ["1", "1", "1"]
         assert sink.connections == 0 and sink.requests == []
     finally:
         await router.stop()
@@ -87,7 +93,39 @@ async def test_webhooks_to_loopback_are_refused_until_the_operator_allows_them(
         await eventually(lambda: at_least(sink.requests, 4), 10, "the server is reached")
         assert sorted(r.path for r in sink.requests) == ["/literal", "/literal",
                                                          "/templated", "/templated"]
-        assert len(dead) == 2
+        assert len(dead) == 3
+    finally:
+        await router.stop()
+        await nc.close()
+
+
+async def test_a_webhook_cannot_set_the_host_or_framing_headers(
+        bridge, router_identity, admin, pb_env, nats_env, sink, monkeypatch):
+    """`Host` would let a rule aimed at a public ingress address reach the internal virtual
+    hosts behind it; framing headers could smuggle a request. Control: other headers go."""
+    monkeypatch.setenv(SETTING, "127.0.0.1")
+    tenant = await account_ready(admin, await new_tenant(admin))
+    svc = await service_creds(admin, tenant)
+    nc = await connect(nats_env.url, svc["jwt"], svc["seed"])
+    topic = uid("hdr")
+    rule = (f"subject: alerts.{topic}.in\nactions:\n  - webhook: '{sink.url()}'\n"
+            "    headers: {{{name}: 'admin.internal'}}\n")
+    router = await start_router(pb_env, nats_env, admin, [tenant], router_identity)
+    try:
+        for header in ("Host", "transfer-encoding", "Proxy-Authorization"):
+            smuggle = await add_rule(admin, tenant, rule.format(name=header))
+            bad = await row_with_status(admin, smuggle["id"], "invalid")
+            assert bad["error"] == (f"line 4: actions[0].headers: {header} is set by the "
+                                    "router's HTTP client, not by rules")
+        control = await add_rule(admin, tenant, rule.format(name="X-Forwarded-Team"))
+        await row_with_status(admin, control["id"], "valid")
+        await listening(router, tenant, f"alerts.{topic}.in")
+        await nc.publish(f"alerts.{topic}.in", b"{}")
+        await eventually(lambda: at_least(sink.requests, 1), 10, "the control call")
+        await nc.flush()
+        (request,) = sink.requests
+        assert request.headers["host"] == f"127.0.0.1:{sink.port}"
+        assert request.headers["x-forwarded-team"] == "admin.internal"
     finally:
         await router.stop()
         await nc.close()

@@ -16,7 +16,7 @@ from tests.live import account_ready, connect, eventually, new_tenant, uid
 
 @pytest.fixture
 async def sidecar(bridge, admin):
-    name, password = uid("router"), secrets.token_urlsafe(16)
+    name, password = uid("cairn-router"), secrets.token_urlsafe(16)
     row = await admin.create("sidecars", {"name": name, "kind": "router", "password": password,
                                           "passwordConfirm": password})
     yield row

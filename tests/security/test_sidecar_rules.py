@@ -26,7 +26,7 @@ from tests.factories import (
 
 
 def _sidecar(admin: httpx.Client, kind: str = "router") -> tuple[dict[str, Any], httpx.Client]:
-    name, password = uid("router"), secrets.token_urlsafe(16)
+    name, password = uid("cairn-router"), secrets.token_urlsafe(16)
     row = check(admin.post(records_url("sidecars"), json={
         "name": name, "kind": kind, "password": password, "passwordConfirm": password}))
     token = login(str(admin.base_url), "sidecars", name, password).json()["token"]
@@ -123,3 +123,30 @@ def test_people_and_devices_cannot_touch_sidecars(world):
         assert all(r["tenant"] == world["a"]["id"] for r in rules)
     finally:
         owner.close()
+
+
+def test_tenant_admins_cannot_touch_cairns_own_identities(world):
+    """Rows named cairn-* are the bridge's and the sidecars': a tenant admin could otherwise
+    deactivate or delete them (and with them command dispatch or alerting)."""
+    admin_a = make_user(world["admin"], {world["a"]["id"]: "admin"})
+    try:
+        c, own = admin_a.client, world["own_user"]
+        assert c.post(records_url("nats_users"), json={
+            "tenant": world["a"]["id"], "name": "cairn-evil", "role": "service",
+            "active": True}).status_code == 400
+        assert c.patch(records_url("nats_users", own["id"]),
+                       json={"active": False}).status_code == 404
+        assert c.delete(records_url("nats_users", own["id"])).status_code == 404
+        assert world["admin"].get(records_url("nats_users", own["id"])).json()["active"] \
+            == own["active"]
+        # control: the tenant's own service users stay theirs to manage
+        mine = check(c.post(records_url("nats_users"), json={
+            "tenant": world["a"]["id"], "name": uid("dash"), "role": "viewer",
+            "active": True}))
+        assert c.patch(records_url("nats_users", mine["id"]),
+                       json={"name": "cairn-bridge2"}).status_code == 404
+        assert c.patch(records_url("nats_users", mine["id"]),
+                       json={"active": False}).status_code == 200
+        assert c.delete(records_url("nats_users", mine["id"])).status_code == 204
+    finally:
+        admin_a.close()

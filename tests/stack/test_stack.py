@@ -120,8 +120,33 @@ def test_admin_from_environment(tmp_path):
             json={"identity": "ops@example.com", "password": "correct-horse-battery"}, timeout=10)
         assert resp.status_code == 200
         assert not (tmp_path / "data" / "superuser.json").exists()
+        # SPEC §11: logins reach sidecars as 0600 files, and no child inherits the admin's
+        children = _descendants(proc.pid)
+        assert len(children) >= 4  # nats-server, PocketBase, bridge, router
+        for pid in children:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"correct-horse-battery" not in environ, pid
+            assert b"CAIRN_ADMIN_" not in environ, pid
+        login_file = tmp_path / "data" / "secrets" / "bridge-login.json"
+        assert login_file.stat().st_mode & 0o077 == 0
+        # control: the router (its own login) and the bridge (the file) are logged in
+        for part in ("router", "bridge"):
+            port = env[f"CAIRN_{part.upper()}_METRICS_PORT"]
+            metric = f"cairn_{part}_pocketbase_connected"
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert f"{metric} 1.0" in text, metric
     finally:
         _stop(proc)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            found.append(int(child))
+            todo.append(int(child))
+    return found
 
 
 def test_busy_port_is_a_clear_error(tmp_path, pb_env):
