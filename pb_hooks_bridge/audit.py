@@ -13,6 +13,7 @@ from typing import Any
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from cairn_common.tasks import cancel_and_wait
+from pb_hooks_bridge import metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,19 @@ class AuditWriter:
                 log.warning("audit write failed; will retry", extra={"error": str(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
+            except Exception:  # never die silently: audit rows would stop for good
+                metrics.AUDIT_FAILURES.inc()
+                log.exception("audit writer failed; will retry")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
 
     async def flush(self) -> None:
         while self.queue:
             chunk = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
             await self._write(chunk)
             for _ in chunk:
-                self.queue.popleft()
+                if self.queue:  # (a crash drill may have cleared it meanwhile)
+                    self.queue.popleft()
 
     async def _write(self, chunk: list[dict[str, Any]]) -> None:
         entries = [{k: v for k, v in e.items() if not (k == "tenant" and not v)} for e in chunk]

@@ -25,3 +25,5 @@ HEARTBEATS_IGNORED = Counter(
     "injected through a forged reply subject); they never mark a device online",
     ["reason"],
 )
+AUDIT_FAILURES = Counter("cairn_bridge_audit_writer_failures_total",
+                         "unexpected failures of the audit writer (retried)")

@@ -210,7 +210,9 @@ async def test_role_change_is_audited_and_reissued(tenant, admin, pb_env, bridge
         raise AssertionError(f"no role_changed audit; device row: role={now['role']!r} "
                              f"error={now['error']!r} status={now['status']!r} tags={tags} "
                              f"enrolled tags={first} audit={[r['action'] for r in rows]} "
-                             f"details={[r['details'] for r in rows]}") from None
+                             f"details={[r['details'] for r in rows]} "
+                             f"audit queue={len(bridge.bridge.audit.queue)} "
+                             f"writer={bridge.bridge.audit._task!r}") from None
     assert row["details"] == {"from": "agent", "to": narrow["name"]}
     reissued = await eventually(lambda: _jwt_changed(admin, device, enrolled.jwt), 10)
     tags = natsjwt.decode(reissued["nats_jwt"])["nats"]["tags"]
