@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from bench import agent_bench, bridge_bulk, bridge_latency, dispatch_bench, router_bench
+from bench import (
+    agent_bench,
+    bridge_bulk,
+    bridge_latency,
+    dispatch_bench,
+    guards_bench,
+    router_bench,
+)
 
 BENCHMARKS = {
     "bridge_latency": lambda: bridge_latency.report(asyncio.run(bridge_latency.run())),
@@ -13,6 +20,7 @@ BENCHMARKS = {
     "agent": lambda: agent_bench.report(asyncio.run(agent_bench.run())),
     "router": lambda: router_bench.report(asyncio.run(router_bench.run())),
     "dispatch": lambda: dispatch_bench.report(asyncio.run(dispatch_bench.run())),
+    "guards": lambda: guards_bench.report(guards_bench.run()),
 }
 
 

@@ -87,8 +87,20 @@ class EventRouter:
         rows = await self.pb.list("nats_users", filter=f'name = "{name}"') if name else []
         if deleted:
             book.remove(name)
-            for row in rows:
-                await self.pb.delete("nats_users", row["id"])
+            # revoke first, in every tenant at once (not via each row's delete event: a
+            # sidecar has a row in every tenant, and its key must stop working now)
+            limit = asyncio.Semaphore(16)
+
+            async def revoke(row: dict[str, Any]) -> None:
+                account = self.tenants.accounts.get(row.get("tenant", ""))
+                key = row.get("public_key") or ""
+                async with limit:
+                    if account is not None and key:
+                        await self.identities.revoke(account, {key: 0}, "service",
+                                                     f"nats_users/{name}", "sidecar deleted")
+                    await self.pb.delete("nats_users", row["id"])
+
+            await asyncio.gather(*(revoke(row) for row in rows))
             return
         before = book.put(record)
         if before is not None and before.get("nats_public_key") == record.get(

@@ -97,7 +97,7 @@ async def test_replaced_sidecar_key_is_revoked(sidecar, admin, nats_env):
     async def gone():
         return await admin.first("nats_users", f'name = "{sidecar["name"]}"') is None
 
-    await eventually(gone, 10)
+    await eventually(gone, 30)
 
     async def refused():  # the rows' delete events revoke the key (they may trail)
         try:
@@ -107,4 +107,4 @@ async def test_replaced_sidecar_key_is_revoked(sidecar, admin, nats_env):
         await nc.close()
         return False
 
-    await eventually(refused, 10, "the deleted sidecar's key is revoked")
+    await eventually(refused, 30, "the deleted sidecar's key is revoked")
