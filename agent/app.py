@@ -1,7 +1,9 @@
 """The agent service: wiring, background tasks, start and stop.
 
 Start: check creds -> connect (retry forever) -> subscribe to commands -> heartbeat,
-telemetry, inventory, renewal and buffer-flush tasks. Stop (SIGTERM/SIGINT): stop taking
+telemetry, inventory and buffer-flush tasks, and the desired-config poller (which restarts
+the others when intervals change, never itself). JWT renewal belongs to the supervised
+link (agent/link.py), scheduled from the JWT's own expiry. Stop (SIGTERM/SIGINT): stop taking
 commands, let in-flight ones finish (bounded), cancel the periodic tasks, flush buffered
 telemetry (bounded), drain the connection.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -22,26 +23,20 @@ from agent.collectors.inventory import collect_inventory
 from agent.collectors.system import SystemCollector
 from agent.config import AgentConfig
 from agent.context import VERSION, Context
-from agent.credentials import (
-    fetch_own_record,
-    jwt_lifetime,
-    load_or_create_seed,
-    register_key,
-    write_creds,
-)
+from agent.credentials import DeviceCredentials, fetch_own_record, load_or_create_seed
 from agent.dispatcher import Dispatcher, now_rfc3339
 from agent.errors import AgentError, EnrollmentError
-from agent.link import Link
+from agent.link import agent_link
 from agent.services import service_status
 from agent.telemetry import Telemetry, every
 from cairn_common import creds, natsjwt, nkey
 from cairn_common.creds import write_secret
+from cairn_common.renewable import RenewError
 from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-RENEW_CHECK = 600.0  # seconds between JWT expiry checks
-RENEW_AT = 0.3  # renew when less than this fraction of the JWT lifetime is left
+COMMAND_QUEUE = "cairn-agent"  # overlapping connections of one agent share requests
 DESIRED_CHECK = 300.0  # seconds between reads of devices.config
 
 
@@ -50,13 +45,16 @@ class AgentApp:
         self.config = config
         self.ctx = Context(config=config)
         self.dispatcher = Dispatcher(self.ctx)
-        self.link = Link(config, self.ctx.stats, self._on_connect)
+        self.credentials = DeviceCredentials(config, self._secret)
+        self.link = agent_link(config, self.ctx.stats, self.credentials, self._on_connect)
+        self.dispatcher.hold = self.link.hold
         self.telemetry = Telemetry(self.ctx, self.link)
         self.collector = SystemCollector(config.exporters)
         self.ctx.nats_status = self.link.status
         self.ctx.inventory = self.inventory
         self.ctx.rotate_creds = self.rotate_creds
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.tasks: list[asyncio.Task[Any]] = []  # restarted when intervals change
+        self.desired_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self._rotation: asyncio.Task[None] | None = None
 
@@ -65,6 +63,9 @@ class AgentApp:
         await self.refresh_desired(restart=False)
         await self.link.start()
         self._start_jobs()
+        self.desired_task = asyncio.create_task(
+            every(DESIRED_CHECK, DESIRED_CHECK, self.refresh_desired, "desired-config"),
+            name="desired-config")
         log.info("agent started", extra={"device": self.config.device.code,
                                          "version": VERSION})
 
@@ -74,12 +75,10 @@ class AgentApp:
             ("heartbeat", i.heartbeat, 0.0, self.telemetry.heartbeat),
             ("system", i.system, 2.0, self.publish_system),
             ("inventory", i.inventory, 1.0, self.publish_inventory),
-            ("renewal", RENEW_CHECK, 5.0, self.renew_if_due),
             ("flush", 5.0, 5.0, self.telemetry.flush),
         ]
         if self.config.services.watch:
             jobs.append(("service", i.service, 3.0, self.publish_services))
-        jobs.append(("desired-config", DESIRED_CHECK, DESIRED_CHECK, self.refresh_desired))
         self.tasks = [asyncio.create_task(every(interval, delay, work, name), name=name)
                       for name, interval, delay, work in jobs]
 
@@ -100,16 +99,14 @@ class AgentApp:
         self.config = self.ctx.config = merged
         self.collector = SystemCollector(merged.exporters)
         if restart:
-            current = asyncio.current_task()
             for task in self.tasks:
-                if task is not current:
-                    task.cancel()
+                task.cancel()
             self._start_jobs()
 
     async def stop(self) -> None:
         grace = self.config.commands.timeout + 2
         await self.dispatcher.drain(grace)
-        await cancel_and_wait([*self.tasks, self._rotation])
+        await cancel_and_wait([*self.tasks, self.desired_task, self._rotation])
         try:
             await asyncio.wait_for(self.telemetry.flush(), 3)
         except TimeoutError:
@@ -119,7 +116,7 @@ class AgentApp:
         log.info("agent stopped")
 
     async def _on_connect(self, nc: NATS) -> None:
-        await self.dispatcher.subscribe(nc)
+        await self.dispatcher.subscribe(nc, queue=COMMAND_QUEUE)
         await nc.flush()
         await asyncio.sleep(0)
         await nc.flush()
@@ -158,9 +155,8 @@ class AgentApp:
         return self.config.path(path).read_text().strip()
 
     async def _register(self, kp: Any) -> None:
-        issued = await register_key(self.config.server.url, self.config.device.code,
-                                    self._secret(), kp.public_key.decode())
-        write_creds(self.config.path(self.config.nats.creds_file), issued.jwt, kp.seed.decode())
+        async with self.credentials.lock:
+            await self.credentials.register(kp)
 
     async def _repair_creds(self) -> None:
         """After a crash mid-rotation the seed file may be newer than the creds file."""
@@ -177,15 +173,6 @@ class AgentApp:
             pass
         log.warning("creds file does not match the seed; registering the key again")
         await self._register(kp)
-
-    async def renew_if_due(self) -> None:
-        creds_path = self.config.path(self.config.nats.creds_file)
-        iat, exp = jwt_lifetime(creds_path)
-        if not exp or (exp - time.time()) > RENEW_AT * (exp - iat):
-            return
-        log.info("renewing the NATS JWT", extra={"expires": exp})
-        seed_path = self.config.path(self.config.nats.seed_file)
-        await self._register(load_or_create_seed(seed_path))
 
     async def rotate_creds(self) -> dict[str, Any]:
         """Answer now; rotate right after, so this reply and in-flight ones are not lost."""
@@ -207,11 +194,11 @@ class AgentApp:
             await self._register(kp)
             log.info("new key registered; reconnecting",
                      extra={"public_key": kp.public_key.decode()})
-        except (AgentError, OSError) as exc:
+        except (AgentError, OSError, RenewError) as exc:
             log.error("rotation failed; keeping the current key", extra={"error": str(exc)})
             if old_seed:
                 write_secret(seed_path, old_seed)
             return
         finally:
             self.dispatcher.accepting = True
-        await self.link.replace()
+        await self.link.replace("rotation")

@@ -12,6 +12,7 @@ import logging
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from agent.context import VERSION
 from agent.errors import EnrollmentError
 from cairn_common import creds, filemodes, natsjwt, nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from cairn_common.renewable import RenewError, is_newer
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -74,8 +76,11 @@ def check_secret_files(config: AgentConfig) -> None:
 
 
 async def register_key(server_url: str, code: str, secret: str, public_key: str,
-                       timeout: float = 60.0) -> Issued:
-    """Write our public key (and host facts) to our own device row; wait for the JWT."""
+                       timeout: float = 60.0, stale: str = "") -> Issued:
+    """Write our public key (and host facts) to our own device row; wait for the JWT.
+
+    `stale`: the JWT being renewed. Only a JWT newer than it is an answer (the row still
+    holds the old one until the bridge has signed again)."""
     async with PocketBase(server_url) as pb:
         try:
             record = await pb.auth_with_password("devices", code, secret)
@@ -95,7 +100,7 @@ async def register_key(server_url: str, code: str, secret: str, public_key: str,
         while time.monotonic() < deadline:
             last = await pb.get("devices", record["id"])
             token = last.get("nats_jwt") or ""
-            if token and last.get("status") == "active":
+            if token and last.get("status") == "active" and (not stale or is_newer(token, stale)):
                 claims = natsjwt.decode(token, verify=False)
                 if claims.get("sub") == public_key:
                     return Issued(token, claims.get("exp"), last)
@@ -121,8 +126,53 @@ def write_creds(path: Path, jwt: str, seed: str) -> None:
     creds.write(path, jwt, seed)
 
 
-def jwt_lifetime(creds_path: Path) -> tuple[int, int | None]:
-    """(iat, exp) of the JWT in the creds file."""
-    token, _ = creds.read(creds_path)
-    claims = natsjwt.decode(token, verify=False)
-    return int(claims.get("iat", 0)), claims.get("exp")
+class DeviceCredentials:
+    """The device's creds file as the supervised link's credentials (cairn_common/renewable).
+
+    Cached in memory (read at start and after every write here). Renewal registers our key
+    again through PocketBase and waits for a JWT newer than the stale one; a lock keeps a
+    renewal and a rotation from registering at the same time (the second one sees the
+    first one's JWT and is done)."""
+
+    def __init__(self, config: AgentConfig, secret: Callable[[], str]) -> None:
+        self.config = config
+        self.secret = secret
+        self.lock = asyncio.Lock()
+        self._cached: tuple[str, str] | None = None
+
+    @property
+    def creds_path(self) -> Path:
+        return self.config.path(self.config.nats.creds_file)
+
+    @property
+    def seed_path(self) -> Path:
+        return self.config.path(self.config.nats.seed_file)
+
+    def current(self) -> tuple[str, str]:
+        if self._cached is None:
+            self._cached = creds.read(self.creds_path)
+        return self._cached
+
+    def store(self, jwt: str, seed: str) -> None:
+        write_creds(self.creds_path, jwt, seed)
+        self._cached = (jwt, seed)
+
+    def reload(self) -> None:
+        self._cached = None
+
+    async def register(self, kp: nkeys.KeyPair, stale: str = "") -> None:
+        """Register `kp`'s public key and store the JWT signed for it (caller holds lock)."""
+        issued = await register_key(self.config.server.url, self.config.device.code,
+                                    self.secret(), kp.public_key.decode(), stale=stale)
+        self.store(issued.jwt, kp.seed.decode())
+
+    async def renew(self, stale: str) -> None:
+        async with self.lock:
+            self.reload()
+            if is_newer(self.current()[0], stale):
+                return  # a rotation (or a renewal racing us) already brought one
+            log.info("renewing the NATS JWT through PocketBase")
+            try:
+                await self.register(load_or_create_seed(self.seed_path), stale)
+            except (EnrollmentError, OSError) as exc:
+                raise RenewError(str(exc)) from exc

@@ -22,7 +22,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,13 +51,28 @@ class Dispatcher:
         self.ctx = ctx
         self.inflight: set[asyncio.Task[None]] = set()
         self.accepting = True
+        self.subscriptions: list[Any] = []
+        # keeps the connection a request came on from retiring until its reply is sent
+        # (a reply is only allowed on that connection); set by the app to link.hold
+        self.hold: Callable[[Any], AbstractContextManager[Any]] | None = None
         self._drop_logged = -math.inf  # monotonic time of the last "dropped" warning
 
     def subject(self) -> str:
         return f"agents.{self.ctx.config.device.code}.cmd.*"
 
-    async def subscribe(self, nc: NATS) -> None:
-        await nc.subscribe(self.subject(), cb=self._on_message)
+    async def subscribe(self, nc: NATS, queue: str = "") -> None:
+        self.subscriptions = [s for s in self.subscriptions if not s._conn.is_closed]
+        self.subscriptions.append(await nc.subscribe(self.subject(), queue=queue,
+                                                     cb=self._on_message))
+
+    async def unsubscribe(self) -> None:
+        """Leave the command queue on every connection (another member takes requests)."""
+        subs, self.subscriptions = self.subscriptions, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # its connection is already gone
+                log.debug("unsubscribe failed", extra={"error": str(exc)})
 
     async def _on_message(self, msg: Msg) -> None:
         refused = not_a_request(msg.reply, msg.headers)
@@ -85,6 +101,13 @@ class Dispatcher:
                                "dropped": stats.commands_dropped})
 
     async def handle(self, msg: Msg) -> None:
+        if self.hold is None:
+            await self._handle(msg)
+            return
+        with self.hold(msg._client):
+            await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
         command = msg.subject.rsplit(".", 1)[-1]
         reply = await self.run(command, msg.data)
         if not msg.reply:

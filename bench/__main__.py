@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from bench import (
     agent_bench,
@@ -12,7 +13,10 @@ from bench import (
     dispatch_bench,
     guards_bench,
     router_bench,
+    soak,
 )
+
+SOAK_MINUTES = float(os.environ.get("CAIRN_SOAK_MINUTES") or 30)
 
 BENCHMARKS = {
     "bridge_latency": lambda: bridge_latency.report(asyncio.run(bridge_latency.run())),
@@ -21,7 +25,10 @@ BENCHMARKS = {
     "router": lambda: router_bench.report(asyncio.run(router_bench.run())),
     "dispatch": lambda: dispatch_bench.report(asyncio.run(dispatch_bench.run())),
     "guards": lambda: guards_bench.report(guards_bench.run()),
+    # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)
+    "soak": lambda: soak.report(asyncio.run(soak.run(SOAK_MINUTES))),
 }
+DEFAULT = [n for n in BENCHMARKS if n != "soak"]
 
 
 def main() -> None:
@@ -30,12 +37,12 @@ def main() -> None:
         description="Run Cairn's benchmarks against real servers they start themselves. "
         "Record the figures in docs/benchmarks.md.")
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
+                        help=f"which to run (default: all but soak): {', '.join(BENCHMARKS)}")
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or DEFAULT:
         print(f"== {name}", flush=True)
         print(BENCHMARKS[name](), flush=True)
 

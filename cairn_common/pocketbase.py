@@ -1,7 +1,9 @@
 """The one async PocketBase client (httpx): auth, CRUD, paging, and the realtime SSE stream.
 
 The `pocketbase` PyPI client is synchronous and its realtime thread dies for good when
-PocketBase restarts (SPEC §10), so long-running sidecars use this instead.
+PocketBase restarts (SPEC §10), so long-running sidecars use this instead. The follower that
+keeps a realtime subscription alive (reconnect, reconcile, dead-link watchdog) lives in
+cairn_common.realtime; `follow_realtime` is re-exported here.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +20,12 @@ from urllib.parse import quote
 import httpx
 
 log = logging.getLogger(__name__)
+
+# pb_hooks/realtime_ping.pb.js: asks PocketBase to write a `cairn_ping` SSE message on one
+# realtime client's own stream (PocketBase sends no keepalive of its own).
+PING_PATH = "/api/cairn/realtime-ping"
+KEEPALIVE_EVENT = "cairn_ping"
+_PING_MARK = "realtime-ping:"  # in every answer of the hook: tells it from a missing route
 
 
 def pb_date(epoch: float) -> str:
@@ -34,6 +42,10 @@ class PocketBaseError(Exception):
         self.data = data or {}
 
 
+class PingUnsupported(PocketBaseError):
+    """PocketBase has no keepalive route (an older server without pb_hooks/realtime_ping)."""
+
+
 @dataclass(frozen=True)
 class RealtimeEvent:
     topic: str
@@ -47,6 +59,8 @@ class RealtimeEvent:
 
 class PocketBase:
     """Superuser or record auth; a 401 re-authenticates once with the same credentials."""
+
+    ping_path = PING_PATH
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -135,8 +149,10 @@ class PocketBase:
     async def realtime(self, topics: list[str]) -> AsyncIterator[RealtimeEvent]:
         """Subscribe and yield events until the stream ends (idle timeout, restart).
 
-        Yields nothing of its own for the connect handshake; the caller reconnects and
-        reconciles when the iterator ends or raises.
+        Yields a `connect` event (record: {"clientId"}) once subscribed, then the records'
+        events, and a `keepalive` event (topic KEEPALIVE_EVENT) for each ping asked for with
+        `ping_realtime`. The caller reconnects and reconciles when the iterator ends or
+        raises; this stream has no read timeout of its own (see cairn_common.realtime).
         """
         headers = {"Accept": "text/event-stream"}
         timeout = httpx.Timeout(10.0, read=None)
@@ -157,6 +173,9 @@ class PocketBase:
                         continue
                     if not subscribed:
                         continue
+                    if name == KEEPALIVE_EVENT:
+                        yield RealtimeEvent(KEEPALIVE_EVENT, "keepalive", {})
+                        continue
                     try:
                         payload = json.loads(data)
                         yield RealtimeEvent(name, payload["action"], payload["record"])
@@ -164,6 +183,18 @@ class PocketBase:
                         log.warning("skipping malformed realtime event", extra={"topic": name})
         except httpx.HTTPError as exc:
             raise PocketBaseError(f"realtime stream lost: {exc.__class__.__name__}: {exc}") from exc
+
+    async def ping_realtime(self, client_id: str) -> None:
+        """Ask PocketBase to send a keepalive on realtime client `client_id`'s own stream
+        (it must be this auth's client). Raises PingUnsupported when the route is missing."""
+        try:
+            await self._send("POST", self.ping_path, json={"clientId": client_id})
+        except PocketBaseError as exc:
+            if exc.status == 404 and _PING_MARK not in str(exc).lower():
+                raise PingUnsupported(
+                    f"POST {self.ping_path}: no such route (PocketBase without "
+                    "pb_hooks/realtime_ping.pb.js)", 404) from exc
+            raise
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -205,58 +236,6 @@ class PocketBase:
         return resp.json()
 
 
-async def follow_realtime(
-    pb: PocketBase, topics: list[str], on_event: Callable[[RealtimeEvent], object],
-    on_connect: Callable[[], Awaitable[object]], stopping: asyncio.Event,
-    on_state: Callable[[bool], object] | None = None,
-    retry_on: tuple[type[BaseException], ...] = (),
-) -> None:
-    """Forever: subscribe, then `on_connect` (reconcile), then hand over events; reconnect
-    with backoff when cut off (idle timeout, restart). Events that arrive while
-    `on_connect` runs wait in a queue, so nothing between subscribe and reconcile is lost.
-    """
-    backoff = 0.2
-    while not stopping.is_set():
-        queue: asyncio.Queue[RealtimeEvent | None] = asyncio.Queue()
-        reader = asyncio.create_task(_read_into(pb, topics, queue), name="realtime-reader")
-        try:
-            first = await queue.get()
-            if first is None:
-                raise PocketBaseError("realtime stream closed before connect")
-            if on_state:
-                on_state(True)
-            await on_connect()
-            backoff = 0.2
-            while (event := await queue.get()) is not None:
-                on_event(event)
-        except PocketBaseError as exc:
-            log.warning("PocketBase link down; will reconnect", extra={"error": str(exc)})
-        except retry_on as exc:
-            log.warning("resync failed; will retry", extra={"error": str(exc)})
-        finally:
-            if on_state:
-                on_state(False)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        if not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), backoff)
-            except TimeoutError:
-                pass
-            backoff = min(backoff * 2, 10.0)
-
-
-async def _read_into(pb: PocketBase, topics: list[str],
-                     queue: asyncio.Queue[RealtimeEvent | None]) -> None:
-    try:
-        async for event in pb.realtime(topics):
-            queue.put_nowait(event)
-    except PocketBaseError as exc:
-        log.info("realtime stream ended", extra={"error": str(exc)})
-    finally:
-        queue.put_nowait(None)
-
-
 async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     """(event name, data) pairs from an SSE line stream."""
     name, data = "", []
@@ -270,3 +249,11 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str
         elif line.startswith("data:"):
             data.append(line[5:].lstrip())
     await asyncio.sleep(0)
+
+
+def __getattr__(name: str) -> Any:
+    """Re-exports from cairn_common.realtime (it imports this module, so lazily)."""
+    if name in ("follow_realtime", "DEAD_AFTER", "KEEPALIVE", "FALLBACK_TIMEOUT"):
+        from cairn_common import realtime
+        return getattr(realtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

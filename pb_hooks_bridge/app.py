@@ -2,6 +2,9 @@
 
 Start: bootstrap check -> PocketBase superuser login -> SYS connection to NATS ->
 subscribe to realtime -> reconcile (identities, then queued commands) -> follow events.
+Each later realtime reconnect catches up incrementally (rows changed since the newest
+version seen, reconcile.py); the periodic pass and a NATS reconnect stay full passes.
+Service users are renewed on their own schedule (renewal.py), in a supervised task.
 Stop (SIGTERM/SIGINT): stop following, finish in-flight handlers (bounded), flush audit
 rows, close tenant links, drain NATS, close PocketBase.
 """
@@ -13,27 +16,31 @@ import logging
 import time
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 from prometheus_client import start_http_server
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from cairn_common.tasks import cancel_and_wait
+from pb_hooks_bridge import background
 from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.bootstrap import bootstrap, load_operator
 from pb_hooks_bridge.config import BridgeConfig
 from pb_hooks_bridge.dispatch import CommandDispatcher
+from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.events import EventRouter, follow
-from pb_hooks_bridge.identities import Identities
-from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.freshness import Freshness
+from pb_hooks_bridge.identities import BRIDGE_USER, Identities
+from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, Lanes, Pool
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.reconcile import Reconciler, Summary
+from pb_hooks_bridge.renewal import Renewer
 from pb_hooks_bridge.roles import RoleBook
 from pb_hooks_bridge.sidecars import SidecarBook
+from pb_hooks_bridge.sys_link import sys_link
 from pb_hooks_bridge.tenants import Tenants
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class Bridge:
         self.pb = PocketBase(config.pb_url)
         self.started_at = time.time()
         self._commands_recovered = False
+        self._full_pass_done = False  # the first realtime connect always runs a full pass
 
     async def start(self) -> None:
         cfg = self.config
@@ -67,19 +75,26 @@ class Bridge:
         self.pusher = Pusher(self.nc, self.pb, operator, result.system_account,
                              window=cfg.push_window)
         self.links = TenantLinks(cfg.nats_url)
+        self.freshness = Freshness()
         self.identities = Identities(self.pb, self.pusher, self.roles, self.audit,
-                                     cfg.user_jwt_ttl, SidecarBook())
+                                     cfg.user_jwt_ttl, SidecarBook(), self.freshness)
+        # identity work never shares slots with command requests (which wait for replies)
+        self.lanes = Lanes({IDENTITY: Pool(cfg.concurrency),
+                            COMMANDS: Pool(cfg.commands_in_flight, cfg.commands_per_tenant)})
         self.tenants = Tenants(self.pb, self.accounts, self.pusher, self.identities,
-                               self.links, self.audit, cfg.telemetry_max_age)
-        self.lanes = Lanes(cfg.concurrency)
+                               self.links, self.audit, cfg.telemetry_max_age, self.lanes)
         self.commands = CommandDispatcher(self.pb, self.tenants, self.audit, self.lanes)
         self.presence = Presence(self.pb, self.commands)
         self.links.on_connect.append(self.presence.watch)
         self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
-                                  self.lanes, self.commands)
+                                  self.lanes, self.commands, self.presence)
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
-                                     cfg.user_jwt_ttl, cfg.concurrency)
+                                     cfg.user_jwt_ttl)
+        self.renewer = Renewer(cfg.user_jwt_ttl, self.renew_service_user)
+        self.identities.watch_expiry = self.renewer.watch
+        if hasattr(self.links, "refresh"):  # links ask when a renewed JWT is late
+            self.links.refresh = self.refresh_bridge_user
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port, addr="127.0.0.1")
 
@@ -92,19 +107,54 @@ class Bridge:
             await self.commands.give_up_on_sent(before=self.started_at)
             self._commands_recovered = True
         await self.commands.sweep()
-        queued = await self.pb.list("commands", filter='status = "queued" || status = ""',
-                                    sort="created", fields="id,device")
-        for row in queued:
-            self.commands.submit(row["id"], row["device"])
+        await self._submit_queued('status = "queued" || status = ""')
+        self._full_pass_done = True
         return summary
+
+    async def catch_up(self) -> Summary:
+        """After a realtime reconnect: rows changed since the newest version seen, and the
+        commands created meanwhile."""
+        since = self.freshness.watermark("commands", self.reconciler.full_listed_at,
+                                         self.reconciler.margin)
+        summary = await self.reconciler.catch_up()
+        await self._submit_queued(f'(status = "queued" || status = "") && updated >= "{since}"')
+        return summary
+
+    async def on_realtime_connect(self) -> Summary:
+        """A full pass on the first connect (until one succeeded), a catch-up after."""
+        if not self._full_pass_done:
+            return await self.reconcile()
+        return await self.catch_up()
+
+    async def _submit_queued(self, filter: str) -> None:
+        queued = await self.pb.list("commands", filter=filter, sort="created",
+                                    fields="id,device,tenant")
+        for row in queued:
+            self.commands.submit(row["id"], row["device"], row.get("tenant", ""))
+
+    async def renew_service_user(self, row_id: str, tenant_id: str) -> str:
+        """Renew one service user now, in its lane, from a copy read there."""
+        account = self.accounts.get(tenant_id)
+        if account is None:
+            return "gone"
+        return await self.lanes.call(f"nats_users:{row_id}",
+                                     lambda: self.tenants.sync_user_current(account, row_id))
+
+    async def refresh_bridge_user(self, tenant_id: str) -> None:
+        """A tenant link waited too long for a renewed JWT: look at its row again."""
+        row = await self.pb.first("nats_users",
+                                  f'tenant = "{tenant_id}" && name = "{BRIDGE_USER}"')
+        if row is not None:
+            await self.renew_service_user(row["id"], tenant_id)
 
     async def run(self) -> None:
         """Follow events until stop() is called."""
         self.tasks = [
-            asyncio.create_task(follow(self.pb, self.router, self.reconcile, self.stopping),
-                                name="follow"),
+            asyncio.create_task(follow(self.pb, self.router, self.on_realtime_connect,
+                                       self.stopping), name="follow"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
             asyncio.create_task(self._sweep_loop(), name="sweep-loop"),
+            background.start("service-renewal", self.renewer.run, self.stopping),
         ]
         await self.stopping.wait()
 
@@ -117,8 +167,8 @@ class Bridge:
             await self.audit.stop()
         if hasattr(self, "links"):
             await self.links.close_all()
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+        if hasattr(self, "sys_link"):
+            await self.sys_link.stop()
         await self.pb.close()
 
     async def _reconcile_loop(self) -> None:
@@ -173,27 +223,22 @@ class Bridge:
             log.warning("could not enable the batch API", extra={"error": str(exc)})
 
     async def _connect_sys(self) -> NATS:
-        async def on_reconnect() -> None:
-            log.info("NATS reconnected; reconciling")
-            self.reconcile_wanted.set()
+        """The SYS link (account pushes), supervised like every other connection; a
+        reconnect or a reopen asks for a full pass (the server may have restarted)."""
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("NATS error", extra={"error": str(exc)})
+        async def on_connect(nc: NATS) -> None:
+            self.nc = nc
+            if hasattr(self, "pusher"):
+                self.pusher.nc = nc
+            if self.sys_link.opened:  # not the first connection
+                self.reconcile_wanted.set()
 
-        async def on_disconnect() -> None:
-            log.warning("NATS disconnected")
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((OSError, nats.errors.Error)),
-            stop=stop_after_delay(60), wait=wait_exponential(multiplier=0.2, max=5),
-            reraise=True,
-        ):
-            with attempt:
-                return await nats.connect(
-                    self.config.nats_url, name="cairn-bridge/sys",
-                    user_credentials=str(self.config.layout.sys_user_creds),
-                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, ping_interval=5,
-                    connect_timeout=5, reconnected_cb=on_reconnect, error_cb=on_error,
-                    disconnected_cb=on_disconnect, allow_reconnect=True,
-                )
-        raise AssertionError("unreachable")
+        self.sys_link = sys_link(self.config, on_connect, self.reconcile_wanted.set)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.sys_link.start()), 60)
+        except TimeoutError:
+            await self.sys_link.stop(grace=0.1)
+            raise BridgeError(f"NATS at {self.config.nats_url} not reachable within 60 s "
+                              "(SYS user)") from None
+        assert self.nc is not None
+        return self.nc

@@ -12,6 +12,7 @@ from cairn_common.superuser import LoginMissing, superuser_login
 from pb_hooks_bridge.errors import BridgeError
 
 DAY = 86_400
+MIN_USER_JWT_TTL = 60  # seconds; service users are renewed at half their lifetime
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,14 @@ class BridgeConfig:
     telemetry_max_age: int = 7 * DAY
     metrics_port: int = 0  # 0 = no /metrics endpoint
     push_window: float = 0.002  # seconds to coalesce account changes before a push
-    concurrency: int = 64  # records handled at once (one at a time per record)
+    concurrency: int = 64  # identity records handled at once (one at a time per record)
+    commands_in_flight: int = 256  # command requests awaiting a reply at once, overall
+    commands_per_tenant: int = 16  # ... per tenant (one at a time per device)
+
+    def __post_init__(self) -> None:
+        if self.user_jwt_ttl < MIN_USER_JWT_TTL:
+            raise BridgeError(f"CAIRN_USER_JWT_TTL must be at least {MIN_USER_JWT_TTL} seconds "
+                              f"(got {self.user_jwt_ttl})")
 
     @property
     def layout(self) -> DataLayout:
@@ -57,7 +65,4 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> BridgeCon
             except ValueError:
                 raise BridgeError(f"{key}={raw!r} must be an integer (seconds or port)") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
-    config = BridgeConfig(**values)  # type: ignore[arg-type]
-    if config.user_jwt_ttl < 300:
-        raise BridgeError("CAIRN_USER_JWT_TTL must be at least 300 seconds")
-    return config
+    return BridgeConfig(**values)  # type: ignore[arg-type]

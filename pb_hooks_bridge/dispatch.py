@@ -5,10 +5,16 @@ Never twice: right before sending, the dispatcher writes the audit row `command.
 bridge restart or a second bridge cannot send a row again. Devices that do not answer a
 presence probe keep their commands `queued`; the queue is drained, in creation order, when
 the device shows up again (its heartbeat). Expired rows are never sent.
+
+Commands run in the lanes' `commands` pool, never in the identity pool (a revocation must
+not wait behind a hung `exec`): one at a time per device, in order; at most
+PER_TENANT at once per tenant (each holds its slot until the reply or its timeout), and the
+pool's own bound overall.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,7 +26,7 @@ import nats
 from cairn_common.pocketbase import PocketBase, PocketBaseError, pb_date
 from pb_hooks_bridge import command_payloads
 from pb_hooks_bridge.audit import AuditWriter
-from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.lanes import COMMANDS, Lanes
 from pb_hooks_bridge.tenants import Tenants
 from pb_hooks_bridge.writer import BatchWriter
 
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 3600  # a row without expires_at expires one hour after it was created
 PROBE_TIMEOUT = 2.0
+PER_TENANT = 16  # commands in flight at once per tenant
+IN_FLIGHT = 256  # commands in flight at once overall
 
 
 def pb_now() -> str:
@@ -53,16 +61,17 @@ class CommandDispatcher:
         self.writer = BatchWriter(pb)
         self.offline: set[str] = set()  # device ids whose last probe found nobody
 
-    def submit(self, row_id: str, device_id: str) -> None:
+    def submit(self, row_id: str, device_id: str, tenant_id: str = "") -> None:
         """Per device, in submission order: the queue is drained in creation order."""
-        self.lanes.submit(f"device-commands:{device_id}", lambda: self.dispatch(row_id))
+        self.lanes.submit(f"device-commands:{device_id}", lambda: self.dispatch(row_id),
+                          pool=COMMANDS, group=tenant_id)
 
     async def drain_queue(self, device_id: str) -> int:
         rows = await self.pb.list(
             "commands", filter=f'device = "{device_id}" && (status = "queued" || status = "")',
-            sort="created", fields="id,device")
+            sort="created", fields="id,device,tenant")
         for row in rows:
-            self.submit(row["id"], device_id)
+            self.submit(row["id"], device_id, row.get("tenant", ""))
         return len(rows)
 
     async def dispatch(self, row_id: str) -> str:
@@ -92,17 +101,25 @@ class CommandDispatcher:
         account = await self.tenants.account_for(row["tenant"])
         if account is None or not account.active:
             return "queued"  # tenant inactive: keep it until it comes back or expires
-        nc = await self.tenants.links.get(account.tenant_id, account.slug)
         code = device["code"]
-        if not await self._present(nc, code):
-            self.offline.add(device["id"])
-            if not row.get("status"):  # PocketBase has no defaults: say it in the UI
-                await self.writer.update("commands", row["id"], {"status": "queued"})
+        held = contextlib.AsyncExitStack()
+        try:  # held until the reply: a renewal of the link never cuts a command short
+            nc = await held.enter_async_context(
+                self.tenants.links.hold(account.tenant_id, account.slug))
+        except (LookupError, nats.errors.ConnectionClosedError) as exc:  # no link (yet)
+            log.info("command kept queued: no link into its tenant yet",
+                     extra={"id": row["id"], "error": str(exc)})
             return "queued"
-        self.offline.discard(device["id"])
-        if not await self._claim(row, code):
-            return "claimed elsewhere"
-        return await self._send(nc, row, code, payload)
+        async with held:
+            if not await self._present(nc, code):
+                self.offline.add(device["id"])
+                if not row.get("status"):  # PocketBase has no defaults: say it in the UI
+                    await self.writer.update("commands", row["id"], {"status": "queued"})
+                return "queued"
+            self.offline.discard(device["id"])
+            if not await self._claim(row, code):
+                return "claimed elsewhere"
+            return await self._send(nc, row, code, payload)
 
     async def _present(self, nc: Any, code: str) -> bool:
         try:

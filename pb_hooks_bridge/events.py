@@ -3,6 +3,13 @@
 After every (re)connect the stream is subscribed first and reconciliation runs next, so
 nothing that changed while the bridge was away is lost; events that arrive during the
 reconciliation queue up and are applied after it (handlers are idempotent).
+
+Every record is handled in its lane (`<collection>:<id>`), by events and reconciliation
+alike (`apply`), from a copy no older than what the bridge has seen of it (freshness.py):
+an older copy is re-read first, a deleted record is never brought back. Service users
+(few rows, and each run may sign a key) are always re-read under their lane, so two runs
+in a row never issue two keys. Device create/delete events also reset presence's
+(tenant, code) -> id cache.
 """
 
 from __future__ import annotations
@@ -14,13 +21,15 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from cairn_common.pocketbase import PocketBase, RealtimeEvent, follow_realtime
+from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
 from pb_hooks_bridge import metrics
+from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.lanes import Lanes
 from pb_hooks_bridge.permissions import RoleError, validate_role
+from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.roles import RoleBook
 from pb_hooks_bridge.tenants import Tenants
 
@@ -30,54 +39,112 @@ TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*"
           "sidecars/*"]
 
 
+ALWAYS_REREAD = {"nats_users"}
+
+
 class EventRouter:
     def __init__(self, pb: PocketBase, tenants: Tenants, identities: Identities,
-                 roles: RoleBook, lanes: Lanes, commands: CommandDispatcher) -> None:
+                 roles: RoleBook, lanes: Lanes, commands: CommandDispatcher,
+                 presence: Presence | None = None) -> None:
         self.pb = pb
         self.commands = commands
         self.tenants = tenants
         self.identities = identities
+        self.fresh = identities.freshness
         self.roles = roles
         self.lanes = lanes
+        self.presence = presence
+        tenants.on_reactivated = self.requeue_devices
 
     def submit(self, event: RealtimeEvent) -> None:
         record = event.record
         if event.collection == "commands":
             if event.action == "create":  # later updates are the bridge's own writes
                 metrics.EVENTS.labels("commands", "create").inc()
-                self.commands.submit(record["id"], record.get("device", ""))
+                self.fresh.saw("commands", record)
+                self.commands.submit(record["id"], record.get("device", ""),
+                                     record.get("tenant", ""))
             return
+        deleted = event.action == "delete"
+        self.fresh.saw(event.collection, record, deleted=deleted)  # at arrival: newest known
+        if (event.collection == "devices" and event.action in ("create", "delete")
+                and self.presence is not None):
+            self.presence.forget(record.get("tenant", ""), record.get("code", ""),
+                                 record.get("id", "") if deleted else "")
         self.lanes.submit(f"{event.collection}:{record.get('id')}",
                           lambda: self.handle(event))
 
     async def handle(self, event: RealtimeEvent) -> None:
-        record, deleted = event.record, event.action == "delete"
         metrics.EVENTS.labels(event.collection, event.action).inc()
-        if event.collection == "tenants":
-            await self.tenants.sync(record, deleted=deleted)
-        elif event.collection == "devices":
-            await self.device(record, deleted)
-        elif event.collection == "nats_users":
-            await self.service_user(record, deleted)
-        elif event.collection == "nats_roles":
-            await self.role(record, deleted)
-        elif event.collection == "sidecars":
-            await self.sidecar(record, deleted)
-        _observe_lag(record)
+        await self.apply(event.collection, event.record, deleted=event.action == "delete")
+        _observe_lag(event.record)
 
-    async def device(self, record: dict[str, Any], deleted: bool) -> None:
-        account = await self.tenants.account_for(record.get("tenant", ""))
-        if account is None:
-            return  # its tenant is gone; the tenant's deletion revoked everything
-        await self.identities.sync_device(account, record, deleted=deleted)
-
-    async def service_user(self, record: dict[str, Any], deleted: bool) -> None:
-        account = await self.tenants.account_for(record.get("tenant", ""))
-        if account is None:
-            return
-        await self.identities.sync_service_user(account, record, deleted=deleted)
+    async def apply(self, collection: str, record: dict[str, Any], deleted: bool = False,
+                    resend: bool = False) -> str:
+        """Apply one record; call it in the record's lane. Returns the outcome."""
         if not deleted:
+            current = await self.current(collection, record)
+            if current is None:
+                return "gone"  # deleted meanwhile: its delete event does the rest
+            record = current
+        if collection == "tenants":
+            return await self.tenants.sync(record, deleted=deleted, resend=resend)
+        if collection == "devices":
+            return await self.device(record, deleted)
+        if collection == "nats_users":
+            return await self.service_user(record, deleted)
+        if collection == "nats_roles":
+            await self.role(record, deleted)
+        elif collection == "sidecars":
+            await self.sidecar(record, deleted)
+        return "unchanged"
+
+    async def current(self, collection: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """This copy, or the row as stored now when the copy is older than one seen
+        already (None when the row is gone)."""
+        stale = self.fresh.stale(collection, record)
+        if not stale and collection not in ALWAYS_REREAD:
+            self.fresh.saw(collection, record)
+            return record
+        if self.fresh.deleted(collection, record["id"]):
+            return None
+        if stale:
+            metrics.STALE_ROWS.labels(collection).inc()
+        try:
+            row = await self.pb.get(collection, record["id"])
+        except PocketBaseError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        self.fresh.saw(collection, row)
+        return row
+
+    async def device(self, record: dict[str, Any], deleted: bool) -> str:
+        account = await self.tenants.account_for(record.get("tenant", ""))
+        if account is None:
+            return "unchanged"  # its tenant is gone; the tenant's deletion revoked everything
+        return await self.identities.sync_device(account, record, deleted=deleted)
+
+    async def service_user(self, record: dict[str, Any], deleted: bool) -> str:
+        account = await self.tenants.account_for(record.get("tenant", ""))
+        if account is None:
+            return "unchanged"
+        outcome = await self.identities.sync_service_user(account, record, deleted=deleted)
+        if not deleted:
+            if outcome == "issued":  # the creds are on the stored row now
+                record = await self.current("nats_users", record) or record
             self.tenants.remember_creds(account.tenant_id, record)
+        return outcome
+
+    def requeue_devices(self, account: Account) -> None:
+        """A tenant active again: every device through its own lane (JWTs were cleared)."""
+        async def requeue() -> None:
+            rows = await self.pb.list("devices", filter=f'tenant = "{account.tenant_id}"')
+            for row in rows:
+                self.lanes.submit(f"devices:{row['id']}",
+                                  lambda r=row: self.apply("devices", r))
+
+        self.lanes.submit(f"tenant-devices:{account.tenant_id}", requeue)
 
     async def sidecar(self, record: dict[str, Any], deleted: bool) -> None:
         """A sidecar registered (or replaced) its key: issue it a JWT in every active
@@ -107,8 +174,12 @@ class EventRouter:
                 "nats_public_key") and before.get("kind") == record.get("kind"):
             return  # nothing the JWTs depend on changed
         for account in [a for a in self.tenants.accounts.by_tenant.values() if a.active]:
-            self.lanes.submit(f"tenant-users:{account.tenant_id}",
-                              lambda a=account: self.tenants.ensure_service_users(a))
+            self.lanes.submit(f"tenants:{account.tenant_id}",
+                              lambda a=account: self._ensure_users(a))
+
+    async def _ensure_users(self, account: Account) -> None:
+        if account.active:  # (in the tenant's lane: a deactivation before us is seen)
+            await self.tenants.ensure_service_users(account)
 
     async def role(self, record: dict[str, Any], deleted: bool) -> None:
         before = self.roles.remove(record["id"])
@@ -134,10 +205,10 @@ class EventRouter:
         devices = await self.pb.list("devices", filter=role_filter + scope)
         users = await self.pb.list("nats_users", filter=f'role = "{name}"' + scope)
         for row in devices:
-            self.lanes.submit(f"devices:{row['id']}", lambda r=row: self.device(r, False))
+            self.lanes.submit(f"devices:{row['id']}", lambda r=row: self.apply("devices", r))
         for row in users:
             self.lanes.submit(f"nats_users:{row['id']}",
-                              lambda r=row: self.service_user(r, False))
+                              lambda r=row: self.apply("nats_users", r))
 
 
 def _observe_lag(record: dict[str, Any]) -> None:

@@ -2,7 +2,11 @@
 
 Every handler derives what should be from the row it is given and repairs the difference,
 so the same function serves realtime events and reconciliation, and running it twice is
-harmless.
+harmless. Callers run them in the record's lane with a current copy of the row (events.py).
+A device write that grants (status `active`, a JWT) carries the precondition "unless
+disabled" (pb_hooks/updates.pb.js): if the row was disabled meanwhile, the write is refused,
+the outcome is "superseded" (a newer change won, logged at info) and the disable's own event
+revokes whatever was signed.
 """
 
 from __future__ import annotations
@@ -10,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cairn_common import creds, natsjwt, nkey
 from cairn_common.natsauth import device_inbox, service_inbox
-from cairn_common.pocketbase import PocketBase, pb_date
+from cairn_common.pocketbase import PocketBase, PocketBaseError, pb_date
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.freshness import Freshness
 from pb_hooks_bridge.permissions import Permissions, RoleError, confine_to_device
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.roles import RoleBook
 from pb_hooks_bridge.sidecars import SidecarBook
-from pb_hooks_bridge.writer import BatchWriter
+from pb_hooks_bridge.writer import NOT_IF_DISABLED, BatchWriter, superseded
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +36,20 @@ DEFAULT_DEVICE_ROLE = "agent"
 BRIDGE_USER = "cairn-bridge"
 BRIDGE_ROLE = "service"
 ROLE_TAG = "role:"  # the role a JWT was signed with rides in its tags, to audit changes
+SUPERSEDED = "superseded"  # outcome: a newer change to the row refused our write
+
+# called with (nats_users row id, tenant id, JWT expiry or None when it has none any more)
+ExpiryWatch = Callable[[str, str, int | None], None]
 
 
 class Identities:
     def __init__(self, pb: PocketBase, pusher: Pusher, roles: RoleBook, audit: AuditWriter,
-                 ttl: int, sidecars: SidecarBook | None = None) -> None:
+                 ttl: int, sidecars: SidecarBook | None = None,
+                 freshness: Freshness | None = None) -> None:
         self.pb = pb
-        self.writer = BatchWriter(pb)
+        self.freshness = freshness or Freshness()
+        self.writer = BatchWriter(pb, on_written=self.freshness.saw)
+        self.watch_expiry: ExpiryWatch | None = None  # the service-user renewal schedule
         self.pusher = pusher
         self.roles = roles
         self.audit = audit
@@ -179,18 +192,33 @@ class Identities:
         why = self.needs_new_jwt(grant, key, perms, role)
         if why is None:
             if status != "active" or device.get("error"):
-                await self.writer.update("devices", device["id"], {"status": "active", "error": ""})
+                if not await self._grant(device, {"status": "active", "error": ""}):
+                    return SUPERSEDED
             return "unchanged"
         token, expires = await self.sign(account, key, device["code"], perms, self.ttl, role)
-        await self.writer.update("devices", device["id"], {
+        if not await self._grant(device, {
             "nats_jwt": token, "nats_jwt_expires": pb_date(expires) if expires else "",
             "status": "active", "error": "",
-        })
+        }):
+            return SUPERSEDED  # the JWT never left this process
         metrics.ISSUED.labels("device").inc()
         self.audit.record("user.issued", account.tenant_id, target,
                           {"public_key": key, "kind": "device", "reason": why, "role": role,
                            "expires": expires})
         return "issued"
+
+    async def _grant(self, device: dict[str, Any], patch: dict[str, Any]) -> bool:
+        """Write a grant unless the device is disabled by now; False when it was."""
+        try:
+            await self.writer.update("devices", device["id"], patch, headers=NOT_IF_DISABLED)
+        except PocketBaseError as exc:
+            if not superseded(exc):
+                raise
+            metrics.SUPERSEDED.labels("devices").inc()
+            log.info("grant skipped: the device changed meanwhile (a newer change won)",
+                     extra={"device": device.get("code") or device["id"], "error": str(exc)})
+            return False
+        return True
 
     # -- service users ----------------------------------------------------------------
 
@@ -203,6 +231,7 @@ class Identities:
         if deleted or not row.get("active") or not account.active:
             reason = "deleted" if deleted else ("inactive" if not row.get("active")
                                                 else "tenant inactive")
+            self._watch(row, account, None)
             changed = await self.revoke(account, keys, "service", target, reason)
             if not deleted and row.get("jwt"):
                 await self.writer.update("nats_users", row["id"], {"jwt": "", "creds": ""})
@@ -227,6 +256,7 @@ class Identities:
         public_key = user.public_key.decode()
         why = self.needs_new_jwt(grant, public_key, perms, role)
         if why is None and row.get("creds"):
+            self._watch(row, account, grant)
             if row.get("error"):
                 await self.writer.update("nats_users", row["id"], {"error": ""})
             return "unchanged"
@@ -237,11 +267,18 @@ class Identities:
             "public_key": public_key, "jwt": token, "seed": seed_text,
             "creds": creds.render(token, seed_text), "error": "",
         })
+        self._watch(row, account, {"exp": expires})
         metrics.ISSUED.labels("service").inc()
         self.audit.record("user.issued", account.tenant_id, target,
                           {"public_key": public_key, "kind": "service",
                            "reason": why or "no creds", "expires": expires})
         return "issued"
+
+    def _watch(self, row: dict[str, Any], account: Account,
+               grant: dict[str, Any] | None) -> None:
+        if self.watch_expiry is not None:
+            exp = grant.get("exp") if grant else None
+            self.watch_expiry(row["id"], account.tenant_id, int(exp) if exp else None)
 
     def own_role(self, name: str) -> str | None:
         """The fixed role of one of Cairn's own users, or None for a tenant's service user."""
@@ -263,6 +300,7 @@ class Identities:
             return "unchanged"  # the sidecar has not registered its key yet
         why = self.needs_new_jwt(grant, public_key, perms, role)
         if why is None:
+            self._watch(row, account, grant)
             if row.get("error") or row.get("public_key") != public_key:
                 await self.writer.update("nats_users", row["id"],
                                          {"public_key": public_key, "error": ""})
@@ -273,6 +311,7 @@ class Identities:
             "public_key": public_key, "jwt": token, "seed": "", "creds": "", "error": "",
             "role": role,
         })
+        self._watch(row, account, {"exp": expires})
         metrics.ISSUED.labels("service").inc()
         self.audit.record("user.issued", account.tenant_id, target,
                           {"public_key": public_key, "kind": "sidecar", "reason": why,

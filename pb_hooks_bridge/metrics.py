@@ -27,3 +27,12 @@ HEARTBEATS_IGNORED = Counter(
 )
 AUDIT_FAILURES = Counter("cairn_bridge_audit_writer_failures_total",
                          "unexpected failures of the audit writer (retried)")
+LANE_BUSY = Gauge("cairn_bridge_lane_busy", "Lane work running now, by pool", ["pool"])
+STALE_ROWS = Counter("cairn_bridge_stale_rows_total",
+                     "Rows re-read because a newer version had been handled already",
+                     ["collection"])
+SUPERSEDED = Counter("cairn_bridge_writes_superseded_total",
+                     "Bridge writes refused by their precondition: a newer change won",
+                     ["collection"])
+BACKGROUND_FAILURES = Counter("cairn_bridge_background_failures_total",
+                              "Failures of supervised background tasks (retried)", ["task"])

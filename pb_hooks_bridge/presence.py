@@ -9,6 +9,15 @@ mark an offline device online and drain its queued commands. So a message with J
 headers, a server reply subject (a consumer delivery), or a body that is not the agent's
 heartbeat document (agent/telemetry.py `heartbeat_doc`) is ignored and counted
 (`cairn_bridge_heartbeats_ignored_total{reason}`), with a warning at most once a minute.
+
+Heartbeats name a device by code; the (tenant, code) -> device id cache is reset by the
+event router when a device row is created or deleted (`forget`), so a device deleted and
+re-created with the same code shows online again and gets its queued commands. A lookup
+that raced with such a reset is not cached, and a write to a row that is gone drops the
+entry too.
+
+Subscriptions are in the queue group QUEUE: while a renewed tenant link overlaps the old
+one (links.py), each heartbeat is still counted once.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from cairn_common.pocketbase import PocketBase
+from cairn_common.pocketbase import PocketBase, PocketBaseError
 from cairn_common.server_messages import server_header, server_reply
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.dispatch import CommandDispatcher, pb_now
@@ -38,6 +47,7 @@ WRITE_EVERY = 30.0  # seconds between last_seen writes for one device
 OFFLINE_AFTER = 150.0  # no heartbeat for this long (2.5 x 60 s) -> offline
 MAX_HEARTBEAT_BYTES = 16 * 1024  # a real one is ~120 bytes
 IGNORED_LOG_EVERY = 60.0  # seconds between warnings about ignored heartbeats
+QUEUE = "cairn-bridge"  # the bridge's queue group in tenant accounts (links.py)
 
 
 class Presence:
@@ -48,6 +58,7 @@ class Presence:
         self.seen: dict[str, float] = {}  # device id -> monotonic time of last heartbeat
         self.written: dict[str, float] = {}  # device id -> monotonic time of last write
         self.ids: dict[tuple[str, str], str] = {}  # (tenant id, code) -> device id
+        self.generation = 0  # bumped by forget(): lookups begun before it are not cached
         self.tasks: set[asyncio.Task[Any]] = set()
         self._ignored_logged = -math.inf  # monotonic time of the last "ignored" warning
 
@@ -65,7 +76,19 @@ class Presence:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-        await nc.subscribe("agents.*.heartbeat", cb=on_heartbeat)
+        await nc.subscribe("agents.*.heartbeat", queue=QUEUE, cb=on_heartbeat)
+
+    def forget(self, tenant_id: str, code: str, device_id: str = "") -> None:
+        """A device row was created or deleted: drop what was cached for its code (and, for
+        a deleted row, everything about its id)."""
+        self.generation += 1
+        self.ids.pop((tenant_id, code), None)
+        if device_id:
+            for key in [k for k, v in self.ids.items() if v == device_id]:
+                del self.ids[key]
+            self.seen.pop(device_id, None)
+            self.written.pop(device_id, None)
+            self.dispatcher.offline.discard(device_id)
 
     def _ignore(self, tenant_id: str, subject: str, reason: str) -> None:
         """Count a message that is not a heartbeat; warn at most once a minute."""
@@ -89,8 +112,13 @@ class Presence:
             await self.dispatcher.drain_queue(device_id)
         if not was_seen or now - self.written.get(device_id, 0) >= WRITE_EVERY:
             self.written[device_id] = now
-            await self.writer.update("devices", device_id,
-                                     {"last_seen": pb_now(), "online": True})
+            try:
+                await self.writer.update("devices", device_id,
+                                         {"last_seen": pb_now(), "online": True})
+            except PocketBaseError as exc:
+                if exc.status != 404:
+                    raise
+                self.forget(tenant_id, code, device_id)  # the row is gone: look again
 
     async def sweep(self) -> int:
         """Mark devices offline whose heartbeats stopped."""
@@ -99,19 +127,27 @@ class Presence:
         for device_id in gone:
             del self.seen[device_id]
             self.written.pop(device_id, None)
-            await self.writer.update("devices", device_id, {"online": False})
+            try:
+                await self.writer.update("devices", device_id, {"online": False})
+            except PocketBaseError as exc:
+                if exc.status != 404:  # a deleted row needs no "offline"
+                    raise
         return len(gone)
 
     async def _device_id(self, tenant_id: str, code: str) -> str | None:
         if not CODE.match(code):
             return None  # not a device subject we could have issued; never into a filter
         key = (tenant_id, code)
-        if key not in self.ids:
-            row = await self.pb.first("devices", f'tenant = "{tenant_id}" && code = "{code}"')
-            if row is None:
-                return None
+        known = self.ids.get(key)
+        if known is not None:
+            return known
+        generation = self.generation
+        row = await self.pb.first("devices", f'tenant = "{tenant_id}" && code = "{code}"')
+        if row is None:
+            return None
+        if generation == self.generation:  # no create/delete event came meanwhile
             self.ids[key] = row["id"]
-        return self.ids[key]
+        return str(row["id"])
 
 
 def not_a_heartbeat(subject: str, reply: str | None, headers: Mapping[Any, str] | None,

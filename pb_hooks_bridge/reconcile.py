@@ -1,14 +1,28 @@
-"""One full pass: compare every PocketBase row with what was issued and pushed, repair.
+"""Reconciliation: compare PocketBase rows with what was issued and pushed, and repair.
 
-Runs at start, after every reconnect (PocketBase or NATS), and periodically (which also
-renews service users' JWTs and prunes old revocations). Missed events are never lost:
-this pass re-derives everything from the rows, and deleted rows are caught through the
-audit ledger of issued keys and the server's own account list.
+Full pass (`run`): at start, periodically (which also renews and prunes revocations) and
+after a NATS reconnect. It re-derives everything from the rows; deleted rows are caught
+through the audit ledger of issued keys and the server's own account list.
+Catch-up (`catch_up`): after the realtime stream reconnects. Only rows updated since the
+newest version seen of each collection (or the last full listing, if later), minus a
+margin, plus the cheap checks for what was deleted meanwhile (tenant ids, orphan accounts,
+the ledger).
+
+A pass never undoes a newer change. Every per-row step runs in the record's lane (the same
+key as its live events) through EventRouter.apply, which re-reads a listed row when the
+bridge has already seen a newer version of it: freshness.py keeps id -> latest `updated`,
+fed by events on arrival, by listings and by the bridge's own writes. That was chosen over
+re-reading every row under its lane: a pass touches every row, and a GET per device every
+ten minutes would double the pass's load on PocketBase for the few rows that changed while
+it ran. A change landing after a step read its copy is queued behind it in the same lane
+(and applied next), and a grant computed from the older copy is refused by its write
+precondition (pb_hooks/updates.pb.js). Service users are few and always re-read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import logging
 import time
 from collections import Counter
@@ -29,12 +43,16 @@ from pb_hooks_bridge.tenants import Tenants
 log = logging.getLogger(__name__)
 
 REPAIRS = {"issued", "revoked", "pushed", "deleted", "orphan"}
+CATCH_UP_MARGIN = 60.0  # seconds listed before the newest version seen, for clock skew
+PRUNE_MARGIN = 60.0  # freshness entries older than a full pass's start by this go
+KINDS = {"tenants": "tenant", "devices": "device", "nats_users": "service"}
 
 
 @dataclass
 class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    kind: str = "full"
 
     def add(self, kind: str, outcome: str) -> None:
         self.counts[f"{kind}.{outcome}"] += 1
@@ -47,7 +65,8 @@ class Summary:
 
     def line(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-        return f"reconciled in {self.seconds:.2f}s: {parts or 'nothing to do'}"
+        verb = "reconciled" if self.kind == "full" else "caught up"
+        return f"{verb} in {self.seconds:.2f}s: {parts or 'nothing to do'}"
 
 
 class Reconciler:
@@ -59,33 +78,85 @@ class Reconciler:
         self.pusher = pusher
         self.tenants = tenants
         self.identities = identities
+        self.fresh = identities.freshness
         self.roles = roles
         self.router = router
+        self.lanes = router.lanes
         self.ttl = ttl
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # row steps of one pass in the lanes at once
         self.lock = asyncio.Lock()
+        self.full_listed_at = 0.0  # epoch seconds the last full pass began listing
+        self.margin = CATCH_UP_MARGIN
+        self.last: Summary | None = None
 
     async def run(self) -> Summary:
+        """The full pass."""
         async with self.lock:
-            started = time.perf_counter()
+            started, began, began_mono = time.perf_counter(), time.time(), time.monotonic()
             summary = Summary()
             await self._roles(summary)
             self.identities.sidecars.load(await self.pb.list("sidecars"))
             tenants = await self.pb.list("tenants")
-            live = {t["id"] for t in tenants}
-            for tenant_id in [t for t in list(self.accounts.by_tenant) if t not in live]:
-                self.accounts.forget(tenant_id)
-            for tenant in tenants:
-                summary.add("tenant", await self.tenants.sync(tenant, resend=True))
+            self._forget_gone({t["id"] for t in tenants})
+            await self.rows("tenants", tenants, summary)
             await self._orphan_accounts(summary)
-            await self._devices(summary)
-            await self._service_users(summary)
+            await self.rows("devices", await self.pb.list("devices"), summary)
+            await self.rows("nats_users", await self.pb.list("nats_users"), summary)
             await self._ledger(summary)
             await self._prune(summary)
-            summary.seconds = time.perf_counter() - started
-            metrics.RECONCILES.inc()
-            log.info(summary.line(), extra={"repairs": summary.repairs})
-            return summary
+            self.full_listed_at = began
+            self.fresh.prune(before=began_mono - PRUNE_MARGIN)
+            return self._done(summary, started)
+
+    async def catch_up(self, margin: float | None = None) -> Summary:
+        """After a gap in the realtime stream: what changed (or went) since."""
+        margin = self.margin if margin is None else margin
+        async with self.lock:
+            started = time.perf_counter()
+            summary = Summary(kind="catch-up")
+            await self._roles(summary)
+            self.identities.sidecars.load(await self.pb.list("sidecars"))
+            self._forget_gone({t["id"] for t in await self.pb.list("tenants", fields="id")})
+            for collection in ("tenants", "devices", "nats_users"):
+                since = self.fresh.watermark(collection, self.full_listed_at, margin)
+                rows = await self.pb.list(collection, filter=f'updated >= "{since}"')
+                await self.rows(collection, rows, summary)
+            await self._orphan_accounts(summary)
+            await self._ledger(summary)
+            return self._done(summary, started)
+
+    def _done(self, summary: Summary, started: float) -> Summary:
+        summary.seconds = time.perf_counter() - started
+        metrics.RECONCILES.inc()
+        self.last = summary
+        log.info(summary.line(), extra={"repairs": summary.repairs, "pass": summary.kind})
+        return summary
+
+    def _forget_gone(self, live: set[str]) -> None:
+        for tenant_id in [t for t in list(self.accounts.by_tenant) if t not in live]:
+            self.accounts.forget(tenant_id)
+
+    async def rows(self, collection: str, rows: list[dict[str, Any]],
+                   summary: Summary) -> None:
+        """One step per row, each in the row's lane, at most `concurrency` at once."""
+        kind = KINDS[collection]
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(row: dict[str, Any]) -> None:
+            if collection != "tenants" and self.accounts.get(row.get("tenant", "")) is None:
+                return  # its tenant is gone or could not be provisioned
+            async with limit:
+                try:
+                    outcome = await self.lanes.call(
+                        f"{collection}:{row['id']}",
+                        lambda: self.router.apply(collection, row, resend=True))
+                    summary.add(kind, outcome)
+                except Exception as exc:  # one bad row never stops the pass
+                    summary.add(kind, "failed")
+                    log.exception("reconcile step failed",
+                                  extra={"kind": kind, "id": row.get("id"), "error": str(exc)})
+
+        await asyncio.gather(*(one(row) for row in rows))
 
     async def _roles(self, summary: Summary) -> None:
         listed_at = time.monotonic()
@@ -122,34 +193,6 @@ class Reconciler:
             for _ in orphans:
                 summary.add("account", "orphan")
 
-    async def _bounded(self, rows: list[dict[str, Any]], kind: str, work: Any,
-                       summary: Summary) -> None:
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(row: dict[str, Any]) -> None:
-            async with limit:
-                account = self.accounts.get(row.get("tenant", ""))
-                if account is None:
-                    return
-                try:
-                    summary.add(kind, await work(account, row))
-                except Exception as exc:  # one bad row never stops the pass
-                    summary.add(kind, "failed")
-                    log.exception("reconcile step failed",
-                                  extra={"kind": kind, "id": row.get("id"), "error": str(exc)})
-
-        await asyncio.gather(*(one(row) for row in rows))
-
-    async def _devices(self, summary: Summary) -> None:
-        rows = await self.pb.list("devices")
-        await self._bounded(rows, "device", self.identities.sync_device, summary)
-
-    async def _service_users(self, summary: Summary) -> None:
-        rows = await self.pb.list("nats_users")
-        await self._bounded(rows, "service", self.identities.sync_service_user, summary)
-        for row in rows:
-            self.tenants.remember_creds(row.get("tenant", ""), row)
-
     async def _ledger(self, summary: Summary) -> None:
         """Keys issued within the JWT lifetime whose row is gone now: revoke them."""
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - self.ttl))
@@ -183,7 +226,8 @@ class Reconciler:
 
 
 def _epoch(stamp: str) -> int:
+    """A PocketBase timestamp (UTC) as epoch seconds (timegm: no local time, no DST)."""
     try:
-        return int(time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) - time.timezone)
+        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S"))
     except ValueError:
         return int(time.time())

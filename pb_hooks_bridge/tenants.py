@@ -1,40 +1,46 @@
-"""Tenants -> accounts: keys, account JWT pushed, TELEMETRY stream, service users.
+"""Tenants -> accounts: keys, account JWT pushed, streams (streams.py), service users.
 
 A deactivated tenant's account is pushed with zero connections and every user revoked;
 a deleted tenant's account is removed from the resolver.
+
+`sync` runs in the tenant's lane (`tenants:<id>`). Cairn's own service users are issued
+through each row's own lane (`nats_users:<id>`, entered with `Lanes.nested`) from a copy
+of the row read under that lane, so the row's create event, a reconciliation pass and the
+tenant's provisioning never issue two keys for one user. `account_for` (from a device's or
+a command's lane) only loads and pushes the account and leaves the rest of provisioning to
+the tenant's lane: a lane waiting on the tenant's lock could deadlock against a tenant
+waiting on a service user's lock.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats
 from nats.errors import NoRespondersError
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge.accounts import Account, AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.identities import BRIDGE_ROLE, BRIDGE_USER, Identities
+from pb_hooks_bridge.lanes import Lanes
 from pb_hooks_bridge.limits import LimitsError
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.orphans import purge_account_streams
 from pb_hooks_bridge.pusher import Pusher, PushError
+from pb_hooks_bridge.streams import ensure_streams
 
 log = logging.getLogger(__name__)
-
-STREAM = "TELEMETRY"
-STREAM_SUBJECTS = ["agents.*.telemetry.>"]
-MAX_MSG_SIZE = 1024 * 1024  # one telemetry document; larger publishes are refused
 
 
 class Tenants:
     def __init__(self, pb: PocketBase, accounts: AccountStore, pusher: Pusher,
                  identities: Identities, links: TenantLinks, audit: AuditWriter,
-                 telemetry_max_age: int) -> None:
+                 telemetry_max_age: int, lanes: Lanes | None = None) -> None:
         self.pb = pb
         self.accounts = accounts
         self.pusher = pusher
@@ -42,9 +48,14 @@ class Tenants:
         self.links = links
         self.audit = audit
         self.telemetry_max_age = telemetry_max_age
+        self.lanes = lanes or Lanes(16)
+        # called with the account of a tenant that became active again (its devices lost
+        # their JWTs while it was off); set by the event router, which re-queues them
+        self.on_reactivated: Callable[[Account], None] | None = None
 
     async def account_for(self, tenant_id: str) -> Account | None:
-        """The tenant's account, provisioning it first when this bridge has not seen it."""
+        """The tenant's account; loaded and pushed first when this bridge has not seen it
+        (the rest of provisioning is queued on the tenant's own lane)."""
         account = self.accounts.get(tenant_id)
         if account is not None:
             return account
@@ -54,8 +65,25 @@ class Tenants:
             if exc.status == 404:
                 return None
             raise
-        await self.sync(tenant)
-        return self.accounts.get(tenant_id)
+        try:
+            account = await self.accounts.ensure(tenant)
+        except LimitsError:
+            self.lanes.submit(f"tenants:{tenant_id}", lambda: self.sync_current(tenant_id))
+            return None  # the tenant's lane writes the error on its row
+        await self.pusher.push(account)
+        self.lanes.submit(f"tenants:{tenant_id}", lambda: self.sync_current(tenant_id))
+        return account
+
+    async def sync_current(self, tenant_id: str) -> str:
+        """Sync from a copy of the row read now (in the tenant's lane)."""
+        try:
+            tenant = await self.pb.get("tenants", tenant_id)
+        except PocketBaseError as exc:
+            if exc.status == 404:
+                return "gone"  # its delete event does the rest
+            raise
+        self.identities.freshness.saw("tenants", tenant)
+        return await self.sync(tenant)
 
     async def sync(self, tenant: dict[str, Any], deleted: bool = False,
                    resend: bool = False) -> str:
@@ -75,9 +103,8 @@ class Tenants:
         if account.active:
             await self.ensure_service_users(account)
             await self.ensure_stream(account)
-            if not was_active:  # devices handled while it was off lost their JWTs
-                for device in await self.pb.list("devices", filter=f'tenant = "{tenant["id"]}"'):
-                    await self.identities.sync_device(account, device)
+            if not was_active and self.on_reactivated is not None:
+                self.on_reactivated(account)  # devices handled while it was off lost JWTs
         else:
             await self.links.close(tenant["id"])
         # written last: a tenant showing its account key is fully provisioned
@@ -87,7 +114,8 @@ class Tenants:
         if tenant.get("error"):
             patch["error"] = ""
         if patch:
-            await self.pb.update("tenants", tenant["id"], patch)
+            self.identities.freshness.saw("tenants",
+                                          await self.pb.update("tenants", tenant["id"], patch))
         return "pushed" if pushed else "unchanged"
 
     async def _delete(self, tenant: dict[str, Any]) -> str:
@@ -133,7 +161,8 @@ class Tenants:
             self.audit.record("stream.deleted", None, f"streams/{name}", details)
 
     async def ensure_service_users(self, account: Account) -> None:
-        """The bridge's own user, and one per registered sidecar (e.g. the router)."""
+        """The bridge's own user, and one per registered sidecar (e.g. the router), each
+        issued in its row's lane from a copy read there (exactly one key per user)."""
         rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')
         by_name = {row["name"]: row for row in rows}
         sidecars = self.identities.sidecars
@@ -153,50 +182,37 @@ class Tenants:
                         "nats_users", f'tenant = "{account.tenant_id}" && name = "{name}"')
                     if row is None:
                         raise
-            if await self.identities.sync_service_user(account, row) == "issued":
-                row = await self.pb.get("nats_users", row["id"])
-            self.remember_creds(account.tenant_id, row)
+            await self.lanes.nested(f"nats_users:{row['id']}",
+                                    lambda r=row: self.sync_user_current(account, r["id"]))
+
+    async def sync_user_current(self, account: Account, row_id: str) -> str:
+        """Sync one service user from a copy of its row read now (call in its lane)."""
+        try:
+            row = await self.pb.get("nats_users", row_id)
+        except PocketBaseError as exc:
+            if exc.status != 404:
+                raise
+            return "gone"  # its delete event revokes
+        self.identities.freshness.saw("nats_users", row)
+        outcome = await self.identities.sync_service_user(account, row)
+        if outcome == "issued":
+            row = await self.pb.get("nats_users", row_id)
+        self.remember_creds(account.tenant_id, row)
+        return outcome
 
     def remember_creds(self, tenant_id: str, row: dict[str, Any]) -> None:
         if row.get("name") == BRIDGE_USER and row.get("jwt") and row.get("seed"):
             self.links.set_creds(tenant_id, row["jwt"], row["seed"])
 
     async def ensure_stream(self, account: Account) -> None:
-        """Create or update TELEMETRY. JetStream for a just-pushed account comes up a moment
-        after the push, so "no responders" is retried briefly."""
+        """Create or update the tenant's streams (streams.py). JetStream for a just-pushed
+        account comes up a moment after the push, so "no responders" is retried briefly."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((ServiceUnavailableError, NoRespondersError)),
             stop=stop_after_delay(10), wait=wait_exponential(multiplier=0.05, max=1),
             reraise=True,
         ):
             with attempt:
-                await self._ensure_stream(account)
-
-    async def _ensure_stream(self, account: Account) -> None:
-        nc = await self.links.get(account.tenant_id, account.slug)
-        js = nc.jetstream(timeout=5)
-        config = StreamConfig(
-            name=STREAM, subjects=STREAM_SUBJECTS, storage=StorageType.FILE,
-            # bounded by age and size (the tenant's telemetry_max_bytes, inside its
-            # jetstream_storage quota); when full the oldest telemetry goes first
-            max_age=float(self.telemetry_max_age), max_bytes=account.telemetry_max_bytes,
-            max_msg_size=MAX_MSG_SIZE, discard=DiscardPolicy.OLD, duplicate_window=120.0,
-            allow_direct=True,  # viewers read history with direct gets (no consumers)
-        )
-        try:
-            info = await js.stream_info(STREAM)
-        except NotFoundError:
-            await js.add_stream(config)
-            self.audit.record("stream.created", account.tenant_id, f"streams/{STREAM}",
-                              {"max_age": self.telemetry_max_age})
-            return
-        current = info.config
-        if (current.subjects != STREAM_SUBJECTS
-                or int(current.max_age or 0) != int(self.telemetry_max_age)
-                or current.max_bytes != config.max_bytes
-                or current.max_msg_size != config.max_msg_size
-                or not current.allow_direct):
-            await js.update_stream(config)
-            self.audit.record("stream.updated", account.tenant_id, f"streams/{STREAM}",
-                              {"max_age": self.telemetry_max_age,
-                               "max_bytes": config.max_bytes})
+                nc = await self.links.get(account.tenant_id, account.slug)
+                await ensure_streams(nc.jetstream(timeout=5), account, self.telemetry_max_age,
+                                     self.audit)

@@ -29,6 +29,7 @@ from cairn_common import logs
 from cairn_common.filemodes import NotPrivateError
 from cairn_common.nkey import NkeyError
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
+from cairn_common.renewable import MemoryCredentials
 from cairn_common.sidecar_login import SidecarLoginError
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
@@ -58,7 +59,8 @@ class Router:
         self.rows = RowRules(self.pb, self._changed, self._slug)
         self.files = DirRules(rules_dir) if rules_dir else None
         self.tenants: dict[str, TenantRouter] = {}
-        self.creds: dict[str, tuple[str, str]] = {}
+        # per tenant: our JWT there (from our nats_users row, renewed by the bridge) + seed
+        self.creds: dict[str, MemoryCredentials] = {}
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
         self._dirty: set[str] = set()
@@ -157,15 +159,27 @@ class Router:
 
     def _remember(self, row: dict[str, Any]) -> None:
         found = self.identity.creds_for(row)
-        if found is not None:  # else not signed for our key yet: the row's update brings it
-            self.creds[row["tenant"]] = found
+        if found is None:  # not signed for our key yet: the row's update brings it
+            return
+        tenant_id = row["tenant"]
+        held = self.creds.get(tenant_id)
+        if held is None:
+            held = self.creds[tenant_id] = MemoryCredentials(
+                refresh=lambda: self._reread_creds(tenant_id))
+        held.set(*found)  # an older JWT (a listing behind an event) is ignored
+
+    async def _reread_creds(self, tenant_id: str) -> None:
+        """A renewal waited too long for our row's event: read the row itself."""
+        for row in await self.pb.list("nats_users", filter=f'name = "{self.identity.name}" '
+                                                           f'&& tenant = "{tenant_id}"'):
+            self._remember(row)
 
     async def _ensure_tenant(self, tenant: dict[str, Any]) -> None:
         tenant_id = tenant["id"]
         if tenant_id in self.tenants or not tenant.get("active") or tenant_id not in self.creds:
             return
         router = TenantRouter(tenant.get("slug", tenant_id), self.nats_url,
-                              lambda: self.creds[tenant_id], self.http, self._suspend,
+                              self.creds[tenant_id], self.http, self._suspend,
                               user=self.identity.name, on_warn=self._warn)
         router.ruleset = self._ruleset(tenant_id)  # before the first message is taken
         self.tenants[tenant_id] = router

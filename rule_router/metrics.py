@@ -29,3 +29,17 @@ EVAL_SECONDS = Histogram(
 RULES_LOADED = Gauge("cairn_router_rules_loaded", "Rules active")
 RULES_INVALID = Gauge("cairn_router_rules_invalid", "Rule rows or files that do not validate")
 CONNECTED = Gauge("cairn_router_pocketbase_connected", "1 while the realtime stream is up")
+CONSUMER_ERRORS = Counter(
+    "cairn_router_consumer_errors_total",
+    "Failures in a tenant's telemetry consumer, retried with backoff (stage: subscribe, "
+    "fetch, batch, message, action, core)", ["stage"])
+REDELIVERIES = Counter(
+    "cairn_router_redeliveries_total",
+    "Redelivered JetStream messages the router had a record of (outcome: skipped = all "
+    "actions had run, acked; resumed = only the missing ones ran; joined = the first "
+    "delivery was still running)", ["outcome"])
+ACTIONS_SKIPPED = Counter("cairn_router_actions_skipped_total",
+                          "Actions not run again on a redelivered message: they had run")
+ALERTS_CORE_FALLBACK = Counter(
+    "cairn_router_alerts_core_fallback_total",
+    "Alerts published as core messages (not stored): the tenant has no ALERTS stream")

@@ -1,15 +1,30 @@
 """One tenant's runtime: a connection in its account (the `cairn-router` service user), a
-durable JetStream consumer on TELEMETRY, core subscriptions for other rule subjects, and
-the evaluate -> act -> ack path.
+durable JetStream consumer on TELEMETRY (`consumer.py`, supervised: a failure is logged,
+counted and retried, never the end of it), core subscriptions for other rule subjects,
+and the evaluate -> act -> ack path.
 
 A JetStream message is acknowledged only after every action succeeded or was dead-lettered
-(at-least-once across restarts); a message whose actions could not run is not acked and
-comes back after the ack wait.
+(at-least-once across restarts); a message whose actions could not run is handed back
+(nak, with a delay growing with its deliveries) and comes back. What a message's actions
+did is recorded by stream sequence (`ledger.py`): a redelivery after a lost ack runs
+nothing again, one after a partial failure runs only the actions that had not completed.
+While a webhook (and its retries) runs, the message is kept alive (`in_progress` before
+every attempt, at every backoff and every third of the consumer's ack wait), so a slow
+webhook is not delivered a second time.
+
+Alerts (`alerts.`, dead letters included) are JetStream publishes into the tenant's
+ALERTS stream, waiting for the PubAck, with a `Nats-Msg-Id` per (message, rule, action);
+without that stream they fall back to core publishes (`alerts.py`).
+
+Core subscriptions are in a queue group named after the router's identity: the server
+hands each core message to one of them, so filters that overlap, two connections of one
+router while one replaces the other, or two processes of the same identity never
+evaluate it twice (the durable consumer is per identity in the same way).
 
 The connection uses the service user's own inbox prefix (`service_inbox`): its replies
-never travel under the shared `_INBOX.>`, which its permissions do not cover. Everything it
-publishes carries a hop count (`hops.py`); a message at the limit is never evaluated
-(counted, logged and reported to the rule's source by `guards.py`).
+(PubAcks included) never travel under the shared `_INBOX.>`, which its permissions do not
+cover. Everything it publishes carries a hop count (`hops.py`); a message at the limit is
+never evaluated (counted, logged and reported to the rule's source by `guards.py`).
 
 Fan-out (`fanout.py`): every publish (alert or dead letter) takes one unit of the received
 message's output budget and one token of this tenant's bucket; without either it is
@@ -31,28 +46,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from cairn_common.natsauth import connect_options, service_inbox
+from cairn_common.natsauth import service_inbox
+from cairn_common.renewable import Renewable, as_renewable
+from cairn_common.supervised import LinkSettings, SupervisedLink
 from cairn_common.tasks import cancel_and_wait
 from rule_router import metrics
-from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
+from rule_router.acting import Acting, nak_all, retry_delay
 from rule_router.actions.egress import guarded_client
 from rule_router.addresses import EgressPolicy
+from rule_router.alerts import AlertPublisher
+from rule_router.consumer import Consumer
 from rule_router.environment import RuleEnv
-from rule_router.errors import ActionError, RegexTimeout
+from rule_router.errors import RegexTimeout
 from rule_router.evaluate import evaluate_many
-from rule_router.fanout import Allowance, received_budget, stamp
 from rule_router.guards import Guards, Warn
 from rule_router.hops import MAX_HOPS, hops
+from rule_router.ledger import COMPLETE, Ledger, Partial, Replay, delivery
 from rule_router.model import Firing, PublishOut, Rule
 from rule_router.replies import server_answer
 from rule_router.ruleset import TELEMETRY, RuleSet
@@ -62,24 +79,27 @@ from rule_router.throttle import Throttle
 log = logging.getLogger(__name__)
 
 _EVALUATED = {p: metrics.EVALUATED.labels(p) for p in ("core", "jetstream")}  # hot path
-STREAM = "TELEMETRY"
-ACK_WAIT = 30.0  # seconds; a webhook in progress extends it (in_progress) per attempt
-FETCH = 100
+ACK_WAIT = 30.0  # seconds: the durable consumer's ack wait when this router makes it
 CONCURRENCY = 64
 LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
 STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
 SERVICE_USER = "cairn-router"  # the router's NATS user name in every tenant account
+CONNECT_WAIT = 15.0  # seconds start() waits for the first connection
 
 Suspend = Callable[[Rule, str], None]
 
 
-class TenantRouter:
+class TenantRouter(Acting):
     """`http` None (the service): a webhook client of its own, with this tenant's egress
-    policy, made at start and closed at stop; a given client (tests) is the caller's."""
+    policy, made at start and closed at stop; a given client (tests) is the caller's.
+    `ack_wait` (default ACK_WAIT, read when the runtime is made) applies when this router
+    creates its durable consumer; `live_ack_wait` is the one the consumer really has."""
 
-    def __init__(self, slug: str, nats_url: str, creds: Callable[[], tuple[str, str]],
+    def __init__(self, slug: str, nats_url: str,
+                 creds: Renewable | Callable[[], tuple[str, str]],
                  http: httpx.AsyncClient | None, on_suspend: Suspend | None = None, *,
-                 user: str = SERVICE_USER, on_warn: Warn | None = None) -> None:
+                 user: str = SERVICE_USER, on_warn: Warn | None = None,
+                 ack_wait: float | None = None) -> None:
         self.slug = slug
         self.user = user
         self.on_suspend = on_suspend
@@ -88,54 +108,83 @@ class TenantRouter:
         self.guards = Guards(slug, on_warn)  # hop limit, server replies, fan-out bounds
         self.strikes: dict[str, int] = {}  # rule source -> regex time-outs
         self.nats_url = nats_url
-        self.creds = creds
+        self.creds: Renewable = as_renewable(creds)
+        self.link: SupervisedLink | None = None
         self.http = http
         self._owns_http = False
         self.ruleset = RuleSet()
         self.throttle = Throttle()
         self.nc: NATS | None = None
+        self.ack_wait = ACK_WAIT if ack_wait is None else ack_wait
+        self.live_ack_wait = self.ack_wait
+        self.queue = user  # core subscriptions' queue group (see the module docstring)
         self.core_subs: dict[str, Any] = {}
+        self._subs_on: NATS | None = None  # the connection core_subs were made on
+        self.ledger = Ledger()
+        self.publisher = AlertPublisher(slug, lambda: self.nc)
+        self.consumer = Consumer(self)
         self.tasks: list[asyncio.Task[Any]] = []
         self.limit = asyncio.Semaphore(CONCURRENCY)
         self.inflight: set[asyncio.Task[Any]] = set()
         self._subscribing = asyncio.Lock()
         self._count = 0
-        self._closing = False
 
     async def start(self) -> None:
+        """Connect (bounded by CONNECT_WAIT: the caller retries at its next resync), make
+        the core subscriptions and start the consumer. From then on the supervised link
+        renews the connection ahead of its JWT's expiry and reopens it after any close;
+        each new connection gets the subscriptions before the old one retires."""
         if self.http is None:
             self.http = guarded_client(EgressPolicy.from_environ(tenant=self.slug))
             self._owns_http = True
+        settings = LinkSettings(
+            name=f"{self.user}/{self.slug}", label="router-tenant",
+            servers=tuple(u.strip() for u in self.nats_url.split(",") if u.strip()),
+            inbox_prefix=service_inbox(self.user), ping_interval=10, reconnect_time_wait=0.5,
+            backoff_max=10.0)
+        self.link = SupervisedLink(settings, self.creds, self._on_link,
+                                   on_retire=self._on_retire)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.link.start()), CONNECT_WAIT)
+        except TimeoutError:
+            await self.link.stop(grace=0.1)
+            raise nats.errors.NoServersError from None
+        self.tasks.append(asyncio.create_task(self.consumer.run(),
+                                              name=f"consume:{self.slug}"))
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("tenant link error", extra={"tenant": self.slug, "error": str(exc)})
+    async def _on_link(self, nc: NATS) -> None:
+        """A new connection (first, renewed, reopened): it takes over the core
+        subscriptions now and the pull subscription at the consumer's next round."""
+        self.nc = nc
+        await self.rebind()
 
-        self.nc = await nats.connect(
-            self.nats_url, name=f"{self.user}/{self.slug}", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
-            inbox_prefix=service_inbox(self.user), **connect_options(self.creds))
-        await self._resubscribe()
-        self.tasks.append(asyncio.create_task(self._consume(), name=f"consume:{self.slug}"))
+    async def _on_retire(self, old: NATS) -> None:
+        """Before the old connection drains: let the consumer move off it and the work
+        it delivered finish (its acks go out on it), bounded."""
+        deadline = time.monotonic() + max(self.live_ack_wait, 3.0)
+        while time.monotonic() < deadline and (
+                self.consumer.bound is old or any(not t.done() for t in self.inflight)):
+            await asyncio.sleep(0.1)
 
     def swap(self, ruleset: RuleSet) -> None:
         """Atomic: in-flight evaluations keep the set they started with."""
         self.ruleset = ruleset
         self.strikes.clear()
         if self.nc is not None:
-            task = asyncio.create_task(self._resubscribe())
-            self.inflight.add(task)
-            task.add_done_callback(self.inflight.discard)
+            self._background(self._resubscribe(), "subscribe")
 
     async def stop(self, grace: float = 2.0) -> None:
         # The consume loop ends on its own after the batch in hand (a fetch waits at most
         # 1 s): messages already delivered get handled and acked, not left to come back
         # after the ack wait. Only a loop stuck longer than `grace` is cancelled.
-        self._closing = True
+        self.consumer.stop()
         _, stuck = await asyncio.wait(self.tasks, timeout=grace) if self.tasks else ((), ())
         await cancel_and_wait(stuck)
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=grace)
-        if self.nc is not None and not self.nc.is_closed:
+        if self.link is not None:
+            await self.link.stop(grace)
+        elif self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), grace)
             except (TimeoutError, nats.errors.Error):
@@ -143,84 +192,139 @@ class TenantRouter:
         if self._owns_http and self.http is not None:
             await self.http.aclose()
 
+    async def rebind(self) -> None:
+        """Call after replacing `self.nc`: the core subscriptions move to the new
+        connection now (the consume loop would notice within a fetch, about 1 s, and
+        moves the pull subscription itself); publishes already use whatever `self.nc` is."""
+        await self._resubscribe()
+
     # -- intake -----------------------------------------------------------------------
 
     async def _resubscribe(self) -> None:
+        """Bring the core subscriptions in line with the rule set, on the current
+        `self.nc` (all of them again when the connection object was swapped)."""
         async with self._subscribing:  # swaps can come in bursts; one diff at a time
             await self._resubscribe_locked()
 
     async def _resubscribe_locked(self) -> None:
         assert self.nc is not None
+        if self._subs_on is not self.nc:  # made on a connection that is gone (or none)
+            old, self.core_subs = self.core_subs, {}
+            for sub in old.values():
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # its connection is closed: nothing to undo
+                    continue
+            self._subs_on = self.nc
         wanted = self.ruleset.core_filters()
         for subject in set(self.core_subs) - wanted:
             await self.core_subs.pop(subject).unsubscribe()
         for subject in wanted - set(self.core_subs):
-            self.core_subs[subject] = await self.nc.subscribe(subject, cb=self._on_core)
+            self.core_subs[subject] = await self.nc.subscribe(subject, queue=self.queue,
+                                                              cb=self._on_core)
 
     async def _on_core(self, msg: Msg) -> None:
         if subject_matches(TELEMETRY, msg.subject):
             return  # telemetry comes through the durable consumer (and is acked there)
         await self._spawn(msg, "core")
 
-    async def _consume(self) -> None:
-        """Pull from the durable consumer forever; survives stream/server hiccups."""
-        assert self.nc is not None
-        js = self.nc.jetstream(timeout=10)
-        sub = None
-        while not self._closing:
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe(
-                        TELEMETRY, durable=self.user, stream=STREAM,
-                        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                              deliver_policy=DeliverPolicy.NEW,
-                                              ack_wait=ACK_WAIT, max_ack_pending=10_000))
-                msgs = await sub.fetch(FETCH, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # stream not there yet, server restarting, ...
-                log.warning("telemetry consumer not ready", extra={"tenant": self.slug,
-                                                                   "error": str(exc)})
-                sub = None
-                await asyncio.sleep(1)
-                continue
-            await self._handle_batch(msgs)
-
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Evaluate inline, in order (cheap); only webhooks, which may retry for seconds,
-        get their own task so they never hold up the stream."""
-        done = 0
+        get their own task so they never hold up the stream. A message that fails is
+        handed back on its own (`_failed`); the rest of the batch goes on."""
+        at = evaluated = 0
         try:
-            for msg in msgs:
-                firings = self.evaluate(msg)
-                done += 1
-                if not firings:
-                    await msg.ack()
-                elif any(not isinstance(o, PublishOut) for f in firings for o in f.actions):
-                    await self._spawn_finish(msg, firings)
-                else:
-                    await self.finish(msg, "jetstream", firings)
+            for at, msg in enumerate(msgs):  # noqa: B007 - `at` is read after a cancel
+                try:
+                    evaluated += await self._take(msg)
+                except Exception as exc:
+                    await self._failed(msg, exc)
         except asyncio.CancelledError:
-            await _nak_all(msgs[done:])  # hand them back now, not after the ack wait
+            await self._hand_back(msgs[at:])  # now, not after the ack wait
             raise
         finally:
-            _EVALUATED["jetstream"].inc(done)  # one counter update per batch
+            _EVALUATED["jetstream"].inc(evaluated)  # one counter update per batch
 
-    async def _spawn_finish(self, msg: Msg, firings: list[Firing]) -> None:
-        await self._bounded(self.finish(msg, "jetstream", firings))
+    async def _take(self, msg: Msg) -> bool:
+        """Act on one delivery (or skip it, per the ledger); True when it was evaluated."""
+        seen = delivery(msg.reply)
+        seq, delivered = seen if seen is not None else (None, 1)
+        redo: Partial | None = None
+        if seq is not None and delivered > 1:
+            if self.ledger.join(seq, msg):  # the first delivery is still being acted on
+                metrics.REDELIVERIES.labels("joined").inc()
+                return False
+            redo = self.ledger.lookup(seq)
+            if redo is COMPLETE:  # its ack was lost: nothing to run again
+                metrics.REDELIVERIES.labels("skipped").inc()
+                await self._ack(msg)
+                return False
+            if redo is not None:
+                metrics.REDELIVERIES.labels("resumed").inc()
+        firings = self.evaluate(msg, redo)
+        if not firings:
+            await self._ack(msg)
+            return True
+        if seq is not None:
+            self.ledger.begin(seq)  # from here on finish() settles it, whatever happens
+        if all(isinstance(o, PublishOut) for f in firings for o in f.actions):
+            await self.finish(msg, "jetstream", firings, redo)
+            return True
+        try:
+            await self._bounded(lambda: self.finish(msg, "jetstream", firings, redo),
+                                "action")
+        except BaseException:  # never started: nobody else will settle it
+            if seq is not None:
+                self.ledger.end(seq)
+            raise
+        return True
+
+    async def _failed(self, msg: Msg, exc: Exception) -> None:
+        """A message whose handling raised: logged, counted, handed back with a delay."""
+        metrics.CONSUMER_ERRORS.labels("message").inc()
+        seen = delivery(msg.reply)
+        log.error("telemetry message failed; handed back", exc_info=exc,
+                  extra={"tenant": self.slug, "subject": msg.subject,
+                         "error": str(exc) or repr(exc),
+                         "delivered": seen[1] if seen else None})
+        if not msg.is_acked and not self.ledger.claimed(seen[0] if seen else None):
+            await nak_all([msg], retry_delay(seen[1] if seen else 1))
+
+    async def _hand_back(self, msgs: list[Msg]) -> None:
+        """Nak what nobody acts on (neither answered nor in flight)."""
+        await nak_all([m for m in msgs if not m.is_acked
+                        and not self.ledger.claimed((delivery(m.reply) or (None,))[0])])
 
     async def _spawn(self, msg: Msg, path: str) -> None:
-        await self._bounded(self.handle(msg, path))
+        await self._bounded(lambda: self.handle(msg, path), "core")
 
-    async def _bounded(self, work: Any) -> None:
-        """At most CONCURRENCY messages in flight per tenant (backpressure on intake)."""
+    async def _bounded(self, work: Callable[[], Coroutine[Any, Any, Any]], stage: str) -> None:
+        """At most CONCURRENCY messages in flight per tenant (backpressure on intake).
+        `work` makes the coroutine once there is room (none is left un-awaited)."""
         await self.limit.acquire()
+        try:
+            task = self._background(work(), stage)
+        except BaseException:
+            self.limit.release()
+            raise
+        task.add_done_callback(lambda _: self.limit.release())
+
+    def _background(self, work: Coroutine[Any, Any, Any], stage: str) -> asyncio.Task[Any]:
+        """A task of this runtime: waited for at stop; a failure is logged and counted
+        (`stage`), never lost with the task."""
         task = asyncio.create_task(work)
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
-        task.add_done_callback(lambda _: self.limit.release())
+        task.add_done_callback(lambda done: self._task_done(done, stage))
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any], stage: str) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        metrics.CONSUMER_ERRORS.labels(stage).inc()
+        log.error("tenant task failed", exc_info=exc,
+                  extra={"tenant": self.slug, "stage": stage, "error": str(exc) or repr(exc)})
 
     # -- evaluate and act ---------------------------------------------------------------
 
@@ -228,7 +332,9 @@ class TenantRouter:
         _EVALUATED[path].inc()
         await self.finish(msg, path, self.evaluate(msg))
 
-    def evaluate(self, msg: Msg) -> list[Firing]:
+    def evaluate(self, msg: Msg, redo: Partial | None = None) -> list[Firing]:
+        """The rules `msg` fires. `redo`: a redelivery some of whose actions ran; only
+        the rules that fired then fire (again past their throttle window)."""
         ruleset = self.ruleset  # one consistent set for this message
         rules = ruleset.index.match(msg.subject)
         if not rules:
@@ -243,8 +349,9 @@ class TenantRouter:
         self._count += 1
         timed = self._count % LATENCY_SAMPLE == 0  # a sample keeps the histogram cheap
         started = time.perf_counter() if timed else 0.0
+        throttle = self.throttle if redo is None else Replay(redo.fired)
         firings, errors = evaluate_many(rules, msg.subject, msg.data, env=self.env,
-                                        throttle=self.throttle, indexed=True)
+                                        throttle=throttle, indexed=True)
         if timed:
             metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
         for rule, exc in errors:
@@ -267,75 +374,3 @@ class TenantRouter:
             self.on_suspend(rule, f"suspended after {STRIKES} messages: rule {rule.name!r} "
                             f"(line {rule.line}): {exc}. Edit the rule (or disable and "
                             "enable it) to load it again.")
-
-    async def finish(self, msg: Msg, path: str, firings: list[Firing]) -> None:
-        """Act, then ack (JetStream); a cancelled or failed run hands the message back."""
-        try:
-            done = True
-            allowance = Allowance.split(received_budget(msg.headers),
-                                        sum(len(f.actions) for f in firings))
-            for firing in firings:
-                metrics.MATCHES.inc()
-                done = await self._act(firing, msg, path, allowance) and done
-            if path == "jetstream":
-                if done:
-                    await msg.ack()
-                else:
-                    await msg.nak(delay=5)
-        except asyncio.CancelledError:
-            if path == "jetstream":
-                await _nak_all([msg])
-            raise
-
-    async def _act(self, firing: Firing, msg: Msg, path: str, allowance: Allowance) -> bool:
-        """Run every action; True when each one succeeded, was dead-lettered or was
-        dropped by a fan-out bound."""
-        original = msg.data
-        hop = hops(msg.headers) + 1
-        ok = True
-        for out in firing.actions:
-            if isinstance(out, PublishOut):
-                if not self.guards.may_publish(firing, allowance):
-                    continue
-                out = replace(out, headers=stamp(out.headers, hop, allowance.child))
-                try:
-                    await ACTIONS["publish"](out, self.nc)
-                    metrics.ACTIONS.labels("publish", "ok").inc()
-                except ActionError as exc:
-                    metrics.ACTIONS.labels("publish", "failed").inc()
-                    ok = await self._deadletter(firing, out, exc, original, hop,
-                                                allowance) and ok
-                continue
-            if path == "jetstream":
-                await msg.in_progress()  # a webhook with retries may outlast the ack wait
-            result = await ACTIONS["webhook"](out, self.http)
-            metrics.WEBHOOK_RETRIES.inc(max(0, result.attempts - 1))
-            metrics.ACTIONS.labels("webhook", "ok" if result.ok else "failed").inc()
-            if not result.ok:
-                ok = await self._deadletter(firing, out, result, original, hop,
-                                            allowance) and ok
-        return ok
-
-    async def _deadletter(self, firing: Firing, out: Any, error: Any, original: bytes,
-                          hop: int, allowance: Allowance) -> bool:
-        if not self.guards.may_publish(firing, allowance):
-            return True  # dropped like any publish past a fan-out bound (see above)
-        try:
-            assert self.nc is not None
-            await self.nc.publish(DEADLETTER_SUBJECT,
-                                  deadletter_payload(firing, out, error, original),
-                                  headers=stamp(None, hop, allowance.child))
-            metrics.DEADLETTERS.inc()
-            return True
-        except (nats.errors.Error, OSError) as exc:
-            log.error("dead letter could not be published; the message will come back",
-                      extra={"tenant": self.slug, "rule": firing.rule.name, "error": str(exc)})
-            return False
-
-
-async def _nak_all(msgs: list[Msg]) -> None:
-    for msg in msgs:
-        try:
-            await msg.nak()
-        except Exception:  # connection already gone: the ack wait brings them back
-            return

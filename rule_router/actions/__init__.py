@@ -1,7 +1,9 @@
 """Actions: the `ACTIONS` table (kind → coroutine) and the dead-letter document.
 
-    publish  `publish.run(out: PublishOut, nc)`            — the only code touching NATS
-    webhook  `webhook.run(out: WebhookOut, client)`        — httpx with tenacity retries
+    publish  `publish.run(out: PublishOut, nc)`            — nc: a client or AlertPublisher
+    webhook  `webhook.run(out: WebhookOut, client, progress=..., every=...)`
+                                                           — httpx with tenacity retries;
+                                                             `progress` keeps the message alive
 
 Each `run` takes a rendered action (pure data from `evaluate`) and the resource it needs.
 A webhook that still fails after its attempts returns a failed `WebhookResult`; the

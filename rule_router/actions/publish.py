@@ -1,8 +1,9 @@
 """The publish action: hand a rendered message to NATS.
 
-`nc` is duck-typed: anything with `async publish(subject, payload, headers=...)` (a
-nats-py client, or a JetStream context when the caller wants a stored publish). This is
-the only module that talks to NATS; it does not import nats.
+`nc` is duck-typed: anything with `async publish(subject, payload, headers=...)` — a
+nats-py client, or (what the tenant runtime passes) its `alerts.AlertPublisher`, which
+stores `alerts.` subjects in the tenant's ALERTS stream and raises when the PubAck does
+not come. This module does not import nats: any failure of the publish is an ActionError.
 """
 
 from __future__ import annotations

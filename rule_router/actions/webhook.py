@@ -13,12 +13,21 @@ of a response are read, and what reaches a dead letter is `excerpt()`: one print
 of at most EXCERPT characters. Headers the HTTP client owns (`Host`, framing, `Proxy-*`;
 `model.reserved_webhook_header`) are refused at validation and again here, whoever built
 the action.
+
+`progress` keeps the JetStream message that caused the call alive: a webhook with its
+retries may take longer than the consumer's ack wait, and a message not heard of for an
+ack wait is delivered again (a second call, a second dead letter). It is awaited before
+every attempt and at the start of every backoff wait, and every `every` seconds while an
+attempt or a wait is outstanding (a single slow attempt can outlast the ack wait too).
+Its failures are ignored: it only ever buys time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -29,6 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from cairn_common.tasks import cancel_and_wait
 from rule_router.errors import EgressRefused
 from rule_router.model import (
     MAX_ATTEMPTS,
@@ -41,6 +51,9 @@ from rule_router.model import (
 
 EXCERPT = 200  # characters of a response body (or error text) in a dead letter
 BODY_READ = 4096  # bytes of a failed response read at most
+PROGRESS_EVERY = 10.0  # seconds between `progress` calls (the caller passes ack wait / 3)
+
+Progress = Callable[[], Awaitable[None]]
 
 
 class _Retryable(Exception):
@@ -81,8 +94,38 @@ async def _read_some(response: httpx.Response, limit: int = BODY_READ) -> bytes:
     return bytes(data)
 
 
+async def _touch(progress: Progress | None) -> None:
+    if progress is None:
+        return
+    try:
+        await progress()
+    except Exception:  # keeping a message alive must never fail the call
+        return
+
+
+@contextlib.asynccontextmanager
+async def _ticking(progress: Progress | None, every: float) -> AsyncIterator[None]:
+    """Call `progress` every `every` seconds while the block runs."""
+    if progress is None:
+        yield
+        return
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(every)
+            await _touch(progress)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        await cancel_and_wait([ticker])
+
+
 async def run(out: WebhookOut, client: httpx.AsyncClient, *,
-              max_backoff: float = MAX_BACKOFF, sleep: Any = None) -> WebhookResult:
+              max_backoff: float = MAX_BACKOFF, sleep: Any = None,
+              progress: Progress | None = None,
+              every: float = PROGRESS_EVERY) -> WebhookResult:
     """Send `out` through `client`; retry as described above; return the outcome."""
     started = time.monotonic()
     reserved = next((name for name in out.headers if reserved_webhook_header(name)), None)
@@ -94,6 +137,18 @@ async def run(out: WebhookOut, client: httpx.AsyncClient, *,
     backoff = min(out.backoff, max_backoff)
 
     async def attempt() -> tuple[int, bytes]:
+        await _touch(progress)
+        async with _ticking(progress, every):
+            return await send()
+
+    nap = sleep or asyncio.sleep
+
+    async def pause(seconds: float) -> None:
+        await _touch(progress)
+        async with _ticking(progress, every):
+            await nap(seconds)
+
+    async def send() -> tuple[int, bytes]:
         nonlocal attempts
         attempts += 1
         request = client.build_request(out.method, out.url, headers=dict(out.headers),
@@ -122,7 +177,7 @@ async def run(out: WebhookOut, client: httpx.AsyncClient, *,
         wait=wait_exponential(multiplier=backoff, max=max_backoff),
         retry=retry_if_exception_type(_Retryable),
         reraise=True,
-        **({"sleep": sleep} if sleep is not None else {}),
+        sleep=pause,
     )
     try:
         status, body = await retrying(attempt)

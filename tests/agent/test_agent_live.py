@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import sys
-import time
 
 import nats
 import pytest
@@ -191,27 +190,23 @@ async def test_rotate_creds_switches_key_without_losing_the_reply(fleet, admin, 
         await connect(nats_env.url, old_jwt, old_seed, errors=errors)
 
 
-async def test_jwt_renewal_fetches_a_fresh_jwt(fleet):
-    path = fleet.directory / "agent.creds"
-    jwt, seed = creds.read(path)
-    kp = nkey.from_seed(seed, "user")
-    stale = natsjwt.encode({**natsjwt.decode(jwt), "iat": int(time.time()) - 10_000,
-                            "exp": int(time.time()) + 60}, kp)  # only the dates matter here
-    creds.write(path, stale, seed)
-    await fleet.app.renew_if_due()
-    renewed, _ = creds.read(path)
-    assert natsjwt.decode(renewed)["exp"] > time.time() + 600
-
-
 async def test_sigterm_drains_inflight_commands(fleet, pb_env, nats_env, tmp_path):
     env = {**os.environ}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "run", "--config", str(fleet.directory / "agent.yaml"),
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        # the in-process agent and this one share the device; stop answering here first
-        await fleet.app.dispatcher.drain(1)
-        await asyncio.sleep(2)
+        # the in-process agent and this one share the device (and its command queue
+        # group): the in-process one leaves the queue, the subprocess must be up
+        await fleet.app.dispatcher.unsubscribe()
+
+        async def subprocess_answers() -> bool:
+            try:
+                return (await fleet.request("ping", timeout=1))["status"] == "pong"
+            except (nats.errors.Error, TimeoutError):
+                return False
+
+        await eventually(subprocess_answers, 20, "the subprocess agent answers")
         pending = asyncio.create_task(fleet.request("exec", {"command": "nap.sh",
                                                              "args": ["2"]}, timeout=15))
         await asyncio.sleep(0.5)
@@ -222,7 +217,7 @@ async def test_sigterm_drains_inflight_commands(fleet, pb_env, nats_env, tmp_pat
     finally:
         if proc.returncode is None:
             proc.kill()
-        fleet.app.dispatcher.accepting = True
+        await fleet.app.link.replace("test: rejoin the command queue")
 
 
 async def _truthy(bucket):

@@ -18,7 +18,8 @@ import yaml
 from agent import config as config_mod
 from agent.app import AgentApp
 from agent.context import Stats
-from agent.link import Link
+from agent.credentials import DeviceCredentials
+from agent.link import agent_link
 from cairn_common.tasks import cancel_and_wait
 from cairn_stack.processes import ManagedProcess, binary, free_port, http_ok
 from tests.live import connect, enrolled_agent_site, eventually
@@ -118,8 +119,9 @@ async def test_agent_connects_with_ca_and_client_certificate(tls_site):
 async def _refused(site, url: str, tls: dict[str, str], caplog) -> str:
     """Let the agent's link try; return the NATS error it logs (it keeps retrying)."""
     _agent_yaml(site.config_path, url, tls)
-    link = Link(config_mod.load(site.config_path), Stats(), on_connect=_nothing)
-    caplog.set_level(logging.WARNING, logger="agent.link")
+    config = config_mod.load(site.config_path)
+    link = agent_link(config, Stats(), DeviceCredentials(config, lambda: ""), _nothing)
+    caplog.set_level(logging.WARNING, logger="cairn_common.supervised")
     attempt = asyncio.create_task(link._open())
 
     async def logged() -> str | None:

@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
 from cairn_common.pocketbase import PocketBase
 from rule_router.app import Router
 from rule_router.identity import RouterIdentity
@@ -37,11 +40,13 @@ async def start_router(pb_env: Any, nats_env: Any, admin: PocketBase,
 
 @asynccontextmanager
 async def routed_tenants(admin: PocketBase, pb_env: Any, nats_env: Any,
-                         identity: RouterIdentity, count: int = 1,
+                         identity: RouterIdentity, count: int = 1, **fields: Any,
                          ) -> AsyncIterator[tuple[list[dict[str, Any]], list[Any], Router]]:
-    """`count` fresh tenants, a router following them, and a `cairn-bridge` connection
-    into each (to publish telemetry and watch alerts); all closed afterwards."""
-    tenants = [await account_ready(admin, await new_tenant(admin)) for _ in range(count)]
+    """`count` fresh tenants (`fields`: more of their columns, e.g. limits), a router
+    following them, and a `cairn-bridge` connection into each (to publish telemetry and
+    watch alerts); all closed afterwards."""
+    tenants = [await account_ready(admin, await new_tenant(admin, **fields))
+               for _ in range(count)]
     router = await start_router(pb_env, nats_env, admin, tenants, identity)
     links = []
     try:
@@ -97,6 +102,72 @@ async def collect(nc: Any, subject: str) -> list[Any]:
 
 async def at_least(bucket: list[Any], n: int) -> bool:
     return len(bucket) >= n
+
+
+# ------------------------------------------------------------- JetStream, as the bridge
+
+ALERTS = "ALERTS"
+
+
+async def alerts_stream(nc: Any, wait: float = 3.0) -> Any:
+    """The tenant's ALERTS stream info (`nc`: its `cairn-bridge` connection). A bridge
+    that makes ALERTS does so right after the account: wait for it a moment; a bridge
+    that does not gets one made here, like the bridge's own (alerts.>, bounded)."""
+    js = nc.jetstream(timeout=5)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            return await js.stream_info(ALERTS)
+        except NotFoundError:
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+    try:
+        await js.add_stream(StreamConfig(
+            name=ALERTS, subjects=["alerts.>"], storage=StorageType.FILE,
+            max_bytes=8 * 1024 * 1024, max_msg_size=1024 * 1024, max_age=3600.0,
+            discard=DiscardPolicy.OLD, duplicate_window=120.0, allow_direct=True))
+    except BadRequestError:  # the bridge made it in the meantime
+        pass
+    return await js.stream_info(ALERTS)
+
+
+async def no_alerts_stream(nc: Any) -> None:
+    """Make sure the tenant has no ALERTS stream (what an older bridge leaves)."""
+    js = nc.jetstream(timeout=5)
+    try:
+        await js.delete_stream(ALERTS)
+    except NotFoundError:
+        pass
+
+
+async def stored_alerts(nc: Any, subject: str = "alerts.>") -> list[Any]:
+    """Every message ALERTS holds on `subject` (an ordered consumer: reads, leaves none)."""
+    js = nc.jetstream(timeout=5)
+    info = await js.stream_info(ALERTS, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
+    if not total:
+        return []
+    sub = await js.subscribe(subject, stream=ALERTS, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.ALL)
+    got = []
+    try:
+        while len(got) < total:
+            got.append(await sub.next_msg(timeout=5))
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
+async def telemetry_consumer(nc: Any, durable: str = "cairn-router") -> Any:
+    """The router's durable consumer on TELEMETRY, as the server sees it."""
+    return await nc.jetstream(timeout=5).consumer_info("TELEMETRY", durable)
+
+
+def sample(metric: Any, *labels: str) -> float:
+    """A prometheus counter's current value (of the child with `labels`, if any)."""
+    child = metric.labels(*labels) if labels else metric
+    return float(child._value.get())
 
 
 # ------------------------------------------------------------------- a tiny HTTP server

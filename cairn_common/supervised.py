@@ -1,0 +1,420 @@
+"""One NATS connection that lives for months: renewed ahead of its JWT's expiry, reopened
+under supervision when it closes for any reason, never doubled.
+
+nats-py reconnects by itself after network trouble, but an `-ERR` from the server (user
+authentication expired, credentials revoked, authorization violation) closes the client for
+good, and a JWT that expired while it was reconnecting is offered again every second. So:
+
+- One supervisor task owns the connection. Everything that changes it (a reopen after a
+  close, a scheduled renewal, a requested swap such as a key rotation) happens in that one
+  task, one step at a time: two connections can never be opened for one reason and kept,
+  and a close of a connection that was already replaced is ignored (it is bound to the
+  connection it came from).
+- Renewal is scheduled from the JWT's own `iat`/`exp` (at `renew_at` of its lifetime, with
+  a little jitter), never on a fixed period. An "expired"/"revoked"/"authorization" close or
+  connect error triggers renewal at once, and the link never reconnects with the JWT it was
+  refused with (`Renewable.renew` returns only a newer one).
+- A swap opens the new connection and runs `on_connect` on it (subscribe, start consumers)
+  before the old one retires. The old one keeps its in-flight work (`hold`) until done, or
+  until shortly before its JWT expires, then drains. Subscribers that must not see a
+  message twice while two connections overlap use a queue group.
+- Every reopen, renewal and failure is counted in /metrics (`cairn_nats_link_*`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nkeys
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge
+
+from cairn_common.renewable import Renewable, RenewError, lifetime
+from cairn_common.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+REOPENED = Counter("cairn_nats_link_reopened_total",
+                   "NATS connections (re)opened by a supervised link, by reason",
+                   ["link", "reason"])
+RENEWALS = Counter("cairn_nats_link_renewals_total",
+                   "Credential renewals of supervised links, by outcome", ["link", "outcome"])
+FAILURES = Counter("cairn_nats_link_failures_total",
+                   "Failed supervisor steps (connect, on_connect, renew), retried with backoff",
+                   ["link"])
+CONNECTED = Gauge("cairn_nats_links_connected", "Supervised links connected now", ["link"])
+
+AUTH_REASONS = ("expired", "revoked", "authorization")
+# reasons a connection is opened, as metric labels (anything else a caller passes to
+# replace() is counted as "requested")
+REASONS = ("first", "renewal", "rotation", "closed", "requested", *AUTH_REASONS)
+EXPIRY_MARGIN = 2.0  # seconds before exp at which a JWT counts as expired
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    name: str  # the connection name shown in /connz
+    label: str  # metrics label: few values ("agent", "bridge-tenant", "router-tenant", ...)
+    servers: tuple[str, ...]
+    inbox_prefix: str | None = None
+    tls: ssl.SSLContext | None = None
+    ping_interval: float = 20.0
+    max_outstanding_pings: int = 3
+    reconnect_time_wait: float = 1.0
+    connect_timeout: float = 5.0
+    renew_at: float = 0.7  # fraction of the JWT lifetime after which it is renewed
+    jitter: float = 0.05  # +- this fraction of the lifetime, so fleets spread out
+    backoff_first: float = 0.5
+    backoff_max: float = 30.0
+    retire_max: float = 3600.0  # longest an old connection is kept for in-flight work
+
+
+OnConnect = Callable[[NATS], Awaitable[None]]
+
+
+def auth_reason(error: BaseException | None) -> str | None:
+    """"expired", "revoked" or "authorization" when the server refused our credentials."""
+    if error is None:
+        return None
+    text = str(error).lower()
+    if "expired" in text:
+        return "expired"
+    if "revoked" in text:
+        return "revoked"
+    if isinstance(error, nats.errors.AuthorizationError) or "authorization" in text:
+        return "authorization"
+    return None
+
+
+class SupervisedLink:
+    def __init__(self, settings: LinkSettings, credentials: Renewable, on_connect: OnConnect,
+                 on_retire: OnConnect | None = None,
+                 on_reconnect: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.on_reconnect = on_reconnect  # a reconnect or an unplanned reopen (health counts)
+        self.credentials = credentials
+        self.on_connect = on_connect
+        self.on_retire = on_retire  # called with the old connection before it drains
+        self._nc: NATS | None = None
+        self._used: dict[NATS, str] = {}  # connection -> the JWT it last authenticated with
+        self._holds: dict[NATS, int] = {}
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._stopping = False
+        self._trouble: str | None = None  # an auth refusal seen while reconnecting
+        self._swaps: list[tuple[str, asyncio.Future[None]]] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._renew_due: float | None = None  # wall clock
+        self._closed = "first"  # why the next open happens (metrics label)
+        self._stale = ""  # the JWT of the connection that closed, until a new one is up
+        self.opened = 0  # connections opened, for tests and health
+
+    # -- what users see -------------------------------------------------------------
+
+    @property
+    def nc(self) -> NATS | None:
+        return self._nc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def status(self) -> dict[str, Any]:
+        nc = self._nc
+        if nc is None:
+            return {"connected": False, "url": None, "reconnects": 0, "in_msgs": 0,
+                    "out_msgs": 0}
+        url = nc.connected_url
+        return {"connected": nc.is_connected,
+                "url": f"{url.scheme}://{url.hostname}:{url.port}" if url else None,
+                "reconnects": nc.stats["reconnects"], "in_msgs": nc.stats["in_msgs"],
+                "out_msgs": nc.stats["out_msgs"]}
+
+    @contextlib.contextmanager
+    def hold(self, nc: NATS | None = None) -> Iterator[NATS]:
+        """Keep `nc` (default: the current connection) from retiring while work that must
+        finish on it (a reply to a request it received, a request it sent) is running."""
+        nc = nc or self._nc
+        if nc is None:
+            raise nats.errors.ConnectionClosedError()
+        self._holds[nc] = self._holds.get(nc, 0) + 1
+        try:
+            yield nc
+        finally:
+            self._holds[nc] -= 1
+            if self._holds[nc] <= 0:
+                del self._holds[nc]
+
+    async def start(self) -> None:
+        """Start supervising and return once the first connection is up (retries forever;
+        wrap in wait_for to bound it, then call stop)."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._run(),
+                                                   name=f"nats-link:{self.settings.name}")
+        await self._up.wait()
+
+    async def replace(self, reason: str) -> None:
+        """Open a new connection with the current credentials (e.g. after a key rotation)
+        and retire the old one; returns once the new one is up."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._swaps.append((reason, future))
+        self._wake.set()
+        await future
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        await cancel_and_wait([self._supervisor])
+        for _, future in self._swaps:
+            if not future.done():
+                future.cancel()
+        await cancel_and_wait(list(self._retiring))
+        nc, self._nc = self._nc, None
+        CONNECTED.labels(self.settings.label).set(0)
+        for conn in [c for c in [nc, *self._used] if c is not None and not c.is_closed]:
+            await _drain(conn, grace)
+        self._used.clear()
+
+    # -- the supervisor -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = self.settings.backoff_first
+        while not self._stopping:
+            try:
+                await self._step()
+                backoff = self.settings.backoff_first
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                FAILURES.labels(self.settings.label).inc()
+                log.warning("NATS link step failed; retrying",
+                            extra={"link": self.settings.name, "retry_in": round(backoff, 1),
+                                   "error": str(exc) or exc.__class__.__name__})
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _step(self) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            if nc is not None:
+                self._closed = auth_reason(nc.last_error) or "closed"
+                self._stale = self._used.pop(nc, "") or self._stale
+                self._nc = None
+                CONNECTED.labels(self.settings.label).set(0)
+                log.warning("NATS connection closed; opening a new one",
+                            extra={"link": self.settings.name, "reason": self._closed,
+                                   "error": str(nc.last_error or "") or None})
+            reason = self._trouble or self._closed
+            if reason in AUTH_REASONS or self._expired(self._stale):
+                await self._renew(self._stale, reason)
+                self._trouble = None
+            await self._open_current(self._closed)
+            self._closed, self._stale = "closed", ""
+            return
+        await self._wait(self._until_renewal())
+        if self._stopping or nc is not self._nc or nc.is_closed:
+            return
+        if self._trouble and not nc.is_connected:
+            # refused while reconnecting: renew now; nats-py's next attempt uses it
+            trouble, self._trouble = self._trouble, None
+            await self._renew(self._used_jwt(nc), trouble)
+            return
+        self._trouble = None
+        if self._renew_due is not None and time.time() >= self._renew_due:
+            await self._renew(self._used_jwt(nc), "ahead of expiry")
+            await self._open_current("renewal")
+        elif self._swaps:
+            await self._open_current(self._swaps[0][0])
+
+    async def _open_current(self, reason: str) -> None:
+        """Open with the current credentials, set it up, switch to it, retire the old."""
+        new = await self._open()
+        try:
+            await self.on_connect(new)
+        except BaseException:
+            await _close(new)
+            raise
+        old, self._nc = self._nc, new
+        self.opened += 1
+        self._up.set()
+        CONNECTED.labels(self.settings.label).set(1)
+        REOPENED.labels(self.settings.label, reason if reason in REASONS else "requested").inc()
+        self._schedule_renewal()
+        swaps, self._swaps = self._swaps, []
+        for _, future in swaps:
+            if not future.done():
+                future.set_result(None)
+        if reason != "first":
+            log.info("NATS link open", extra={"link": self.settings.name, "reason": reason})
+        if old is None and reason != "first" and self.on_reconnect is not None:
+            self.on_reconnect()  # reopened after a close (a planned swap is not trouble)
+        if old is not None:
+            task = asyncio.create_task(self._retire(old), name=f"nats-retire:{self.settings.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _renew(self, stale: str, reason: str) -> None:
+        try:
+            await self.credentials.renew(stale)
+        except Exception as exc:
+            RENEWALS.labels(self.settings.label, "failed").inc()
+            if isinstance(exc, RenewError):
+                raise
+            raise RenewError(f"{exc.__class__.__name__}: {exc}") from exc
+        RENEWALS.labels(self.settings.label, "ok").inc()
+        log.info("NATS credentials renewed", extra={"link": self.settings.name,
+                                                    "reason": reason})
+
+    async def _retire(self, old: NATS) -> None:
+        """Let the old connection finish what it holds, then drain it."""
+        try:
+            if self.on_retire is not None:
+                await self.on_retire(old)
+            _, exp = lifetime(self._used_jwt(old))
+            limit = time.time() + self.settings.retire_max
+            deadline = min(limit, exp - EXPIRY_MARGIN) if exp else limit
+            while self._holds.get(old) and time.time() < deadline and not old.is_closed:
+                await asyncio.sleep(0.2)
+            await _drain(old, 5.0)
+        except Exception as exc:
+            log.warning("retiring an old NATS connection failed",
+                        extra={"link": self.settings.name, "error": str(exc)})
+            await _close(old)
+        finally:
+            self._used.pop(old, None)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _schedule_renewal(self) -> None:
+        iat, exp = lifetime(self._used_jwt(self._nc))
+        if not exp:
+            self._renew_due = None
+            return
+        span = max(1, exp - iat)
+        share = self.settings.renew_at + random.uniform(-1, 1) * self.settings.jitter
+        self._renew_due = max(iat + span * share, time.time() + 1.0)
+
+    def _until_renewal(self) -> float | None:
+        if self._renew_due is None:
+            return None
+        return max(0.0, self._renew_due - time.time())
+
+    def _used_jwt(self, nc: NATS | None) -> str:
+        return self._used.get(nc, "") if nc is not None else ""
+
+    @staticmethod
+    def _expired(token: str) -> bool:
+        _, exp = lifetime(token)
+        return bool(exp) and exp - EXPIRY_MARGIN <= time.time()
+
+    async def _wait(self, timeout: float | None) -> None:
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Backoff that a stop or a swap request cuts short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _open(self) -> NATS:
+        s = self.settings
+        nc = NATS()
+        connecting = True
+
+        def user_jwt_cb() -> bytes:
+            jwt = self.credentials.current()[0]
+            self._used[nc] = jwt
+            return jwt.encode()
+
+        def signature_cb(nonce: str) -> bytes:
+            kp = nkeys.from_seed(bytearray(self.credentials.current()[1].encode()))
+            try:
+                return base64.b64encode(kp.sign(nonce.encode()))
+            finally:
+                kp.wipe()
+
+        async def on_error(exc: Exception) -> None:
+            reason = auth_reason(exc)
+            if reason is not None and (connecting or nc is self._nc):
+                self._trouble = reason
+                self._wake.set()
+            log.warning("NATS error", extra={"link": s.name,
+                                             "error": str(exc) or exc.__class__.__name__})
+
+        async def on_disconnect() -> None:
+            if nc is self._nc and not self._stopping:
+                log.warning("NATS disconnected", extra={"link": s.name})
+
+        async def on_reconnect() -> None:
+            log.info("NATS reconnected", extra={"link": s.name})
+            if self.on_reconnect is not None and nc is self._nc:
+                self.on_reconnect()
+
+        async def on_closed() -> None:
+            if nc is self._nc:
+                self._wake.set()
+
+        options: dict[str, Any] = {
+            "servers": list(s.servers), "name": s.name, "user_jwt_cb": user_jwt_cb,
+            "signature_cb": signature_cb, "allow_reconnect": True,
+            # the first connect gives up after two tries per server, so the supervisor can
+            # renew refused credentials and back off; once up, reconnect forever
+            "max_reconnect_attempts": 1, "reconnect_time_wait": s.reconnect_time_wait,
+            "ping_interval": s.ping_interval, "max_outstanding_pings": s.max_outstanding_pings,
+            "connect_timeout": s.connect_timeout, "error_cb": on_error,
+            "disconnected_cb": on_disconnect, "reconnected_cb": on_reconnect,
+            "closed_cb": on_closed,
+        }
+        if s.inbox_prefix:
+            options["inbox_prefix"] = s.inbox_prefix
+        if s.tls is not None:
+            options["tls"] = s.tls
+        try:
+            await nc.connect(**options)
+        except BaseException as exc:
+            refused = self._used.pop(nc, "")
+            reason = auth_reason(exc) if isinstance(exc, Exception) else None
+            if reason is not None or self._trouble:
+                # the next step renews before connecting again, past this JWT
+                self._trouble = self._trouble or reason
+                self._stale = refused or self._stale
+            await _close(nc)
+            raise
+        finally:
+            connecting = False
+        nc.options["max_reconnect_attempts"] = -1
+        if self._trouble and nc.is_connected:
+            self._trouble = None  # refused on one server, accepted on another
+        return nc
+
+
+async def _drain(nc: NATS, grace: float) -> None:
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), grace)
+    except (TimeoutError, nats.errors.Error, OSError):
+        await _close(nc)
+
+
+async def _close(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        if not nc.is_closed:
+            await nc.close()

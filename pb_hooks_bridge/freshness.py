@@ -1,0 +1,73 @@
+"""Which version of each record the bridge has seen last, so an older copy is never applied
+over a newer one.
+
+Copies of a row reach the bridge from live events, from reconciliation listings, and from
+the bridge's own writes (PocketBase answers with the stored row). A listing made before a
+disable, or an event queued behind the bridge's own write, is older than what the bridge
+has already seen for that id. Every handler (event or reconcile step, in the record's lane)
+asks `stale()` first and re-reads the row when its copy is older. PocketBase's `updated`
+(UTC, milliseconds, sorts as text) orders the versions; a deleted record is a tombstone
+that sorts after every timestamp, so nothing resurrects it.
+
+Entries are pruned after each full reconciliation (its listings supersede them), so the
+map stays as small as the churn between two passes. Per collection it also keeps the
+newest `updated` seen: the watermark an incremental catch-up lists from.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from cairn_common.pocketbase import pb_date
+
+DELETED = "~deleted"  # "~" sorts after every PocketBase timestamp
+
+
+class Freshness:
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, float]] = {}  # "collection:id" -> (updated, mono)
+        self.newest: dict[str, str] = {}  # collection -> newest `updated` seen
+
+    def saw(self, collection: str, record: dict[str, Any], deleted: bool = False) -> None:
+        """Remember a version of a record (from an event, a listing or our own write)."""
+        row_id = record.get("id")
+        stamp = DELETED if deleted else str(record.get("updated") or "")
+        if not row_id or not stamp:
+            return
+        if not deleted and stamp > self.newest.get(collection, ""):
+            self.newest[collection] = stamp
+        key = f"{collection}:{row_id}"
+        known = self.seen.get(key)
+        if known is None or stamp >= known[0]:
+            self.seen[key] = (stamp, time.monotonic())
+
+    def stale(self, collection: str, record: dict[str, Any]) -> bool:
+        """Is this copy older than a version already seen (or the record deleted)?"""
+        known = self.seen.get(f"{collection}:{record.get('id')}")
+        return known is not None and str(record.get("updated") or "") < known[0]
+
+    def deleted(self, collection: str, row_id: str) -> bool:
+        known = self.seen.get(f"{collection}:{row_id}")
+        return known is not None and known[0] == DELETED
+
+    def watermark(self, collection: str, floor: float, margin: float) -> str:
+        """`updated` to list from after a gap: the newest version seen, or `floor` (epoch
+        seconds, e.g. when the last full listing began) if later, minus `margin` seconds."""
+        stamp = pb_date(floor - margin)
+        newest = self.newest.get(collection, "")
+        if newest and newest != DELETED:
+            try:
+                seen_at = datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return stamp
+            return max(stamp, pb_date(seen_at - margin))
+        return stamp
+
+    def prune(self, before: float) -> int:
+        """Forget versions seen before `before` (time.monotonic()); returns how many."""
+        old = [k for k, (_, when) in self.seen.items() if when < before]
+        for key in old:
+            del self.seen[key]
+        return len(old)

@@ -1,0 +1,102 @@
+"""A tenant's JetStream streams: TELEMETRY (agents' documents) and ALERTS (what rules
+publish on `alerts.>`), both bounded by age and size inside the tenant's quota.
+
+nats-server reserves a stream's `max_bytes` against the account's `disk_storage` limit
+(limits.py `jetstream_storage`). TELEMETRY gets the tenant's `telemetry_max_bytes`; ALERTS
+gets ALERTS_MAX_BYTES, or half of what the quota leaves beside TELEMETRY when that is less
+(the other half stays free for streams the tenant's own service users make). ALERTS is
+created only with at least 1 MiB; an existing one is shrunk to what is left (the oldest
+alerts go), or deleted when nothing is left. When bounds change, streams that shrink are
+updated before streams that grow, so the sum never passes the quota on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from pb_hooks_bridge.accounts import Account
+from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.limits import MIB
+
+log = logging.getLogger(__name__)
+
+TELEMETRY = "TELEMETRY"
+TELEMETRY_SUBJECTS = ["agents.*.telemetry.>"]
+ALERTS = "ALERTS"
+ALERTS_SUBJECTS = ["alerts.>"]
+ALERTS_MAX_BYTES = 64 * MIB
+MAX_MSG_SIZE = MIB  # one document; larger publishes are refused
+MIN_STREAM_BYTES = MIB
+
+
+def alerts_max_bytes(account: Any) -> int:
+    """ALERTS' size bound: the default, or half the room the quota leaves beside TELEMETRY."""
+    storage = int(account.limits.get("disk_storage", -1))
+    if storage < 0:
+        return ALERTS_MAX_BYTES
+    return min(ALERTS_MAX_BYTES, max(0, storage - account.telemetry_max_bytes) // 2)
+
+
+def stream_config(name: str, subjects: list[str], max_bytes: int, max_age: int) -> StreamConfig:
+    return StreamConfig(
+        name=name, subjects=subjects, storage=StorageType.FILE,
+        # bounded by age and size; when full the oldest messages go first
+        max_age=float(max_age), max_bytes=max_bytes, max_msg_size=MAX_MSG_SIZE,
+        discard=DiscardPolicy.OLD, duplicate_window=120.0,
+        allow_direct=True,  # viewers read history with direct gets (no consumers)
+    )
+
+
+def differs(current: StreamConfig, config: StreamConfig) -> bool:
+    return (current.subjects != config.subjects
+            or int(current.max_age or 0) != int(config.max_age or 0)
+            or current.max_bytes != config.max_bytes
+            or current.max_msg_size != config.max_msg_size
+            or current.discard != config.discard
+            or not current.allow_direct)
+
+
+async def _current(js: Any, name: str) -> StreamConfig | None:
+    try:
+        return (await js.stream_info(name)).config
+    except NotFoundError:
+        return None
+
+
+async def ensure_streams(js: Any, account: Account, max_age: int, audit: AuditWriter) -> None:
+    """Create, update (shrinking ones first) or, for ALERTS without room, delete."""
+    telemetry = stream_config(TELEMETRY, TELEMETRY_SUBJECTS, account.telemetry_max_bytes,
+                              max_age)
+    room = alerts_max_bytes(account)
+    current = {TELEMETRY: await _current(js, TELEMETRY), ALERTS: await _current(js, ALERTS)}
+    wanted = [telemetry]
+    if room >= MIN_STREAM_BYTES or (room > 0 and current[ALERTS] is not None):
+        wanted.append(stream_config(ALERTS, ALERTS_SUBJECTS, room, max_age))
+    elif current[ALERTS] is not None:
+        log.warning("ALERTS deleted: the tenant's jetstream_storage leaves it no room "
+                    "beside telemetry_max_bytes", extra={"tenant": account.slug})
+        await js.delete_stream(ALERTS)
+        audit.record("stream.deleted", account.tenant_id, f"streams/{ALERTS}",
+                     {"reason": "no room in jetstream_storage"})
+    else:
+        log.info("no ALERTS stream: the tenant's jetstream_storage leaves less than 1 MiB "
+                 "for it beside telemetry_max_bytes", extra={"tenant": account.slug})
+
+    def grows(config: StreamConfig) -> bool:
+        before = current[str(config.name)]
+        return before is None or (config.max_bytes or 0) > (before.max_bytes or 0)
+
+    changes = [c for c in wanted if current[str(c.name)] is None
+               or differs(current[str(c.name)], c)]
+    for config in sorted(changes, key=grows):  # False (shrinks) first
+        details = {"max_age": max_age, "max_bytes": config.max_bytes}
+        if current[str(config.name)] is None:
+            await js.add_stream(config)
+            audit.record("stream.created", account.tenant_id, f"streams/{config.name}", details)
+        else:
+            await js.update_stream(config)
+            audit.record("stream.updated", account.tenant_id, f"streams/{config.name}", details)
