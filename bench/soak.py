@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import yaml
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from bench.stack import launch, metric_sum, rss_by_process
 from cairn_common import nkey
 from cairn_common.filemodes import private_dir, write_private
 from cairn_common.natsauth import connect_options, device_inbox, service_inbox
@@ -51,7 +51,6 @@ actions:
     payload: '{"seen": "{timestamp}"}'
 """
 SYSTEM_EVERY = 5  # seconds between the demo agent's system documents here
-PROCESSES = ("nats-server", "pocketbase", "pb_hooks_bridge", "rule_router", "agent")
 REFUSED = re.compile(r"authentication expired|authorization violation", re.I)
 PASSWORD = "soak-device-secret-1"
 
@@ -72,19 +71,22 @@ class Findings:
     renewals: dict[str, float] = field(default_factory=dict)
     agent_refusals: list[str] = field(default_factory=list)
     revocations: list[float] = field(default_factory=list)
+    revocations_idle: list[float] = field(default_factory=list)  # baseline, before load
     rss_start: dict[str, int] = field(default_factory=dict)
     rss_end: dict[str, int] = field(default_factory=dict)
 
-    def revocation_p99(self) -> float | None:
-        if not self.revocations:
+    def revocation_p99(self, idle: bool = False) -> float | None:
+        samples = self.revocations_idle if idle else self.revocations
+        if not samples:
             return None
-        ordered = sorted(self.revocations)
+        ordered = sorted(samples)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 class Soak:
     def __init__(self, root: Path, ttl: int, revoke_every: float = 30.0,
-                 step: float = 3.0) -> None:
+                 step: float = 3.0, idle_samples: int = 5) -> None:
+        self.idle_samples = idle_samples
         self.root = root
         self.data_dir = root / "data"
         self.ttl = ttl
@@ -146,20 +148,7 @@ class Soak:
         write_private(agent_dir / "agent.yaml", yaml.safe_dump(doc))
 
     def _launch(self) -> tuple[subprocess.Popen[str], list[str]]:
-        proc = subprocess.Popen([sys.executable, "-m", "cairn_stack"], env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines: list[str] = []
-        deadline = time.monotonic() + 120
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if line.startswith("Press Ctrl-C"):
-                return proc, lines
-        proc.kill()
-        raise RuntimeError("stack did not come up:\n" + "\n".join(lines))
+        return launch(self.env, timeout=120)
 
     # -- load -----------------------------------------------------------------------
 
@@ -167,6 +156,8 @@ class Soak:
         assert self.pb is not None
         f = self.findings
         f.rss_start = rss_by_process(self.proc.pid if self.proc else 0)
+        for _ in range(self.idle_samples):  # the baseline: same stack, no load yet
+            f.revocations_idle.append(await self._revocation())
         commands: list[str] = []
         started = time.monotonic()
         next_revoke = started + 5
@@ -303,32 +294,6 @@ class Soak:
         return row if row.get("nats_jwt") and row.get("status") == "active" else None
 
 
-def rss_by_process(root_pid: int) -> dict[str, int]:
-    """RSS in KiB of the stack's processes (descendants of `root_pid`), by role."""
-    out: dict[str, int] = {}
-    todo = [root_pid] if root_pid else []
-    while todo:
-        pid = todo.pop()
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        todo.extend(int(c) for c in children)
-        rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS")), 0)
-        for role in PROCESSES:
-            if role in cmdline and pid != root_pid:
-                out[role] = out.get(role, 0) + rss
-    return out
-
-
-def metric_sum(port: str, name: str, label: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and label in line)
-
-
 async def _until(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -369,14 +334,22 @@ def report(f: Findings, ttl: int = 120) -> str:
         f"telemetry documents {f.telemetry}: alerts lost {f.alerts_lost}",
         f"closed for an expired JWT: {f.expired_closes}; renewals: {f.renewals}; "
         f"agent refusals in log: {len(f.agent_refusals)}",
-        f"revocations {len(f.revocations)}: median "
-        f"{statistics.median(f.revocations) * 1000 if f.revocations else 0:.0f} ms, p99 "
-        f"{p99 * 1000 if p99 is not None else 0:.0f} ms",
+        f"revocations under load {len(f.revocations)}: median "
+        f"{_ms(statistics.median(f.revocations) if f.revocations else None)}, p99 {_ms(p99)}; "
+        f"idle baseline ({len(f.revocations_idle)}, same stack before the load): median "
+        f"{_ms(statistics.median(f.revocations_idle) if f.revocations_idle else None)}"
+        + (f"; median ratio load/idle "
+           f"{statistics.median(f.revocations) / statistics.median(f.revocations_idle):.2f}"
+           if f.revocations and f.revocations_idle else ""),
         "RSS KiB start -> end (MiB/hour): " + ", ".join(
             f"{k} {f.rss_start[k]} -> {f.rss_end.get(k, 0)} ({growth.get(k, 0):+})"
             for k in sorted(f.rss_start)),
     ]
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""A private stack for benchmarks: nats-server, PocketBase and the bridge as real processes."""
+"""Stacks for benchmarks: a private one (nats-server, PocketBase and the bridge as real
+processes) and the whole `make run` launcher (`launch`), with per-process RSS and metrics."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import asyncio
 import os
 import platform
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase
@@ -94,3 +99,50 @@ def rss_peak_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+PROCESSES = ("nats-server", "pocketbase", "pb_hooks_bridge", "rule_router", "agent")
+
+
+def launch(env: dict[str, str], timeout: float = 60) -> tuple[subprocess.Popen[str], list[str]]:
+    """`python -m cairn_stack` with `env`; returns once it says it is up, with its output."""
+    proc = subprocess.Popen([sys.executable, "-m", "cairn_stack"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith("Press Ctrl-C"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError("stack did not come up:\n" + "\n".join(lines))
+
+
+def rss_by_process(root_pid: int) -> dict[str, int]:
+    """RSS in KiB of the stack's processes (descendants of `root_pid`), by role."""
+    out: dict[str, int] = {}
+    todo = [root_pid] if root_pid else []
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+        rss = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS")), 0)
+        for role in PROCESSES:
+            if role in cmdline and pid != root_pid:
+                out[role] = out.get(role, 0) + rss
+    return out
+
+
+def metric_sum(port: str, name: str, label: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and label in line)

@@ -32,6 +32,18 @@ async def _send(nc, kind: str, n: int) -> None:
     await nc.jetstream().publish(f"agents.d1.telemetry.{kind}", json.dumps({"n": n}).encode())
 
 
+async def _firing(nc, kind: str, alerts: list) -> None:
+    """Return once the rule is loaded and the consumer pulling (a probe fired)."""
+    async def probe() -> bool:
+        await _send(nc, kind, -1)
+        try:
+            return await eventually(lambda: at_least(alerts, 1), 2, "probe") is not None
+        except AssertionError:  # not yet: the outer wait sends another probe
+            return False
+
+    await eventually(probe, 20, "the rule fires")
+
+
 async def test_a_batch_that_raises_does_not_end_the_consumer(
         bridge, router_identity, admin, pb_env, nats_env, monkeypatch):
     monkeypatch.setattr(consumer, "BACKOFF_FIRST", 0.2)
@@ -43,14 +55,7 @@ async def test_a_batch_that_raises_does_not_end_the_consumer(
         alerts = await collect(nc, f"alerts.{topic}")
         runtime = router.tenants[tenant["id"]]
 
-        async def probe() -> bool:  # the rule is loaded and the consumer pulling
-            await _send(nc, kind, -1)
-            try:
-                return await eventually(lambda: at_least(alerts, 1), 2, "probe") is not None
-            except AssertionError:  # not yet: the outer wait sends another probe
-                return False
-
-        await eventually(probe, 20, "the rule fires")
+        await _firing(nc, kind, alerts)
         real = runtime._handle_batch
         failures = 0
 
@@ -85,14 +90,7 @@ async def test_a_message_that_raises_is_handed_back_and_the_rest_go_on(
         alerts = await collect(nc, f"alerts.{topic}")
         runtime = router.tenants[tenant["id"]]
 
-        async def probe() -> bool:
-            await _send(nc, kind, -1)
-            try:
-                return await eventually(lambda: at_least(alerts, 1), 2, "probe") is not None
-            except AssertionError:  # not yet: the outer wait sends another probe
-                return False
-
-        await eventually(probe, 20, "the rule fires")
+        await _firing(nc, kind, alerts)
         real = runtime.evaluate
         poisoned: list[bytes] = []
 

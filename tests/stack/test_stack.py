@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from bench.stack import launch
 from cairn_stack.processes import free_port, tcp_open
 
 
@@ -29,22 +29,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cairn_stack"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip())
-        if line.startswith("Press Ctrl-C"):
-            return proc, lines
-    proc.kill()
-    raise AssertionError("stack did not come up:\n" + "\n".join(lines))
+    return launch(env)
 
 
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
