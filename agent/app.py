@@ -47,7 +47,7 @@ class AgentApp:
         self.dispatcher = Dispatcher(self.ctx)
         self.credentials = DeviceCredentials(config, self._secret)
         self.link = agent_link(config, self.ctx.stats, self.credentials, self._on_connect)
-        self.dispatcher.hold = self.link.hold
+        self.dispatcher.take = self.link.take
         self.telemetry = Telemetry(self.ctx, self.link)
         self.collector = SystemCollector(config.exporters)
         self.ctx.nats_status = self.link.status

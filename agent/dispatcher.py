@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,8 +52,8 @@ class Dispatcher:
         self.accepting = True
         self.subscriptions: list[Any] = []
         # keeps the connection a request came on from retiring until its reply is sent
-        # (a reply is only allowed on that connection); set by the app to link.hold
-        self.hold: Callable[[Any], AbstractContextManager[Any]] | None = None
+        # (a reply is only allowed on that connection); set by the app to link.take
+        self.take: Callable[[Any], Callable[[], None]] | None = None
         self._drop_logged = -math.inf  # monotonic time of the last "dropped" warning
 
     def subject(self) -> str:
@@ -84,9 +83,14 @@ class Dispatcher:
             return
         if not self.accepting:
             return  # draining for shutdown or rotation: the caller sees no reply, not a lie
+        # taken here, before the callback returns: a connection retiring after this
+        # callback waits for the reply
+        release = self.take(msg._client) if self.take is not None else None
         task = asyncio.create_task(self.handle(msg), name=f"cmd:{msg.subject}")
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
+        if release is not None:
+            task.add_done_callback(lambda _: release())
 
     def _drop(self, subject: str, reason: str) -> None:
         """Count a message that is not a request; warn at most once a minute."""
@@ -101,13 +105,6 @@ class Dispatcher:
                                "dropped": stats.commands_dropped})
 
     async def handle(self, msg: Msg) -> None:
-        if self.hold is None:
-            await self._handle(msg)
-            return
-        with self.hold(msg._client):
-            await self._handle(msg)
-
-    async def _handle(self, msg: Msg) -> None:
         command = msg.subject.rsplit(".", 1)[-1]
         reply = await self.run(command, msg.data)
         if not msg.reply:

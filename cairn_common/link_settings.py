@@ -50,14 +50,18 @@ OnConnect = Callable[[NATS], Awaitable[None]]
 
 
 def auth_reason(error: BaseException | None) -> str | None:
-    """"expired", "revoked" or "authorization" when the server refused our credentials."""
+    """"expired", "revoked" or "authorization" when the server refused our credentials.
+
+    Only nats-server's own `-ERR` texts count ("User/Account Authentication Expired",
+    "... Revoked", "Authorization Violation"): a TLS "certificate has expired" is not a JWT
+    problem, and renewing would not fix it."""
     if error is None:
         return None
     text = str(error).lower()
-    if "expired" in text:
+    if "authentication expired" in text:
         return "expired"
-    if "revoked" in text:
+    if "authentication revoked" in text:
         return "revoked"
-    if isinstance(error, nats.errors.AuthorizationError) or "authorization" in text:
+    if isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in text:
         return "authorization"
     return None

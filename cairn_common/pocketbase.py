@@ -129,9 +129,12 @@ class PocketBase:
         return await self._send("POST", self._records(collection), json=data)
 
     async def update(
-        self, collection: str, record_id: str, data: dict[str, Any]
+        self, collection: str, record_id: str, data: dict[str, Any],
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        return await self._send("PATCH", self._record(collection, record_id), json=data)
+        """PATCH one record; `headers` are sent along (e.g. a precondition header)."""
+        return await self._send("PATCH", self._record(collection, record_id), json=data,
+                                headers=headers)
 
     async def delete(self, collection: str, record_id: str) -> None:
         await self._send("DELETE", self._record(collection, record_id))
@@ -206,10 +209,12 @@ class PocketBase:
         return f"{self._records(collection)}/{quote(record_id, safe='')}"
 
     async def _send(self, method: str, path: str, retry_auth: bool = True,
-                    **kwargs: Any) -> Any:
-        headers = {"Authorization": self.token} if self.token else {}
+                    headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        sent = dict(headers or {})
+        if self.token:
+            sent["Authorization"] = self.token
         try:
-            resp = await self.http.request(method, path, headers=headers, **kwargs)
+            resp = await self.http.request(method, path, headers=sent, **kwargs)
         except httpx.HTTPError as exc:
             raise PocketBaseError(
                 f"{method} {path}: PocketBase unreachable at {self.url} "
@@ -217,7 +222,7 @@ class PocketBase:
             ) from exc
         if resp.status_code == 401 and retry_auth and self._login:
             await self.auth_with_password(*self._login)
-            return await self._send(method, path, retry_auth=False, **kwargs)
+            return await self._send(method, path, retry_auth=False, headers=headers, **kwargs)
         if resp.status_code >= 400:
             try:
                 body = resp.json()

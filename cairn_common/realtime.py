@@ -182,6 +182,11 @@ async def follow_realtime(
                 log.warning("PocketBase link down; will reconnect", extra={"error": str(exc)})
         except retry_on as exc:
             log.warning("resync failed; will retry", extra={"error": str(exc)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or an unexpected error in on_connect: never fatal
+            log.exception("realtime follower step failed; reconnecting",
+                          extra={"error": str(exc) or exc.__class__.__name__})
         finally:
             if on_state:
                 on_state(False)

@@ -49,6 +49,7 @@ from cairn_common.link_settings import (
     auth_reason,
 )
 from cairn_common.renewable import Renewable, RenewError, lifetime
+from cairn_common.retiring import Holds, close, drain, drain_subscriptions
 from cairn_common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class SupervisedLink:
         self.on_retire = on_retire  # called with the old connection before it drains
         self._nc: NATS | None = None
         self._used: dict[NATS, str] = {}  # connection -> the JWT it last authenticated with
-        self._holds: dict[NATS, int] = {}
+        self._holds = Holds()
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._stopping = False
@@ -98,20 +99,25 @@ class SupervisedLink:
                 "reconnects": nc.stats["reconnects"], "in_msgs": nc.stats["in_msgs"],
                 "out_msgs": nc.stats["out_msgs"]}
 
+    def take(self, nc: NATS | None = None) -> Callable[[], None]:
+        """Mark `nc` (default: the current connection) busy now; call the returned function
+        once when done. For work started from a message callback: taken before the
+        callback returns, so a retiring connection always sees it."""
+        nc = nc or self._nc
+        if nc is None:
+            raise nats.errors.ConnectionClosedError()
+        return self._holds.take(nc)
+
     @contextlib.contextmanager
     def hold(self, nc: NATS | None = None) -> Iterator[NATS]:
         """Keep `nc` (default: the current connection) from retiring while work that must
         finish on it (a reply to a request it received, a request it sent) is running."""
         nc = nc or self._nc
-        if nc is None:
-            raise nats.errors.ConnectionClosedError()
-        self._holds[nc] = self._holds.get(nc, 0) + 1
+        release = self.take(nc)
         try:
-            yield nc
+            yield nc  # type: ignore[misc]
         finally:
-            self._holds[nc] -= 1
-            if self._holds[nc] <= 0:
-                del self._holds[nc]
+            release()
 
     async def start(self) -> None:
         """Start supervising and return once the first connection is up (retries forever;
@@ -140,7 +146,7 @@ class SupervisedLink:
         nc, self._nc = self._nc, None
         CONNECTED.labels(self.settings.label).set(0)
         for conn in [c for c in [nc, *self._used] if c is not None and not c.is_closed]:
-            await _drain(conn, grace)
+            await drain(conn, grace)
         self._used.clear()
 
     # -- the supervisor -------------------------------------------------------------
@@ -174,7 +180,7 @@ class SupervisedLink:
                                    "error": str(nc.last_error or "") or None})
             reason = self._trouble or self._closed
             if reason in AUTH_REASONS or self._expired(self._stale):
-                await self._renew(self._stale, reason)
+                await self._renew_or_keep(self._stale, reason)
                 self._trouble = None
             await self._open_current(self._closed)
             self._closed, self._stale = "closed", ""
@@ -189,7 +195,11 @@ class SupervisedLink:
             return
         self._trouble = None
         if self._renew_due is not None and time.time() >= self._renew_due:
-            await self._renew(self._used_jwt(nc), "ahead of expiry")
+            try:
+                await self._renew(self._used_jwt(nc), "ahead of expiry")
+            except RenewError:
+                self._postpone_renewal()  # still connected: try again later, not in a loop
+                raise
             await self._open_current("renewal")
         elif self._swaps:
             await self._open_current(self._swaps[0][0])
@@ -200,7 +210,7 @@ class SupervisedLink:
         try:
             await self.on_connect(new)
         except BaseException:
-            await _close(new)
+            await close(new)
             raise
         old, self._nc = self._nc, new
         self.opened += 1
@@ -233,21 +243,52 @@ class SupervisedLink:
         log.info("NATS credentials renewed", extra={"link": self.settings.name,
                                                     "reason": reason})
 
+    async def _renew_or_keep(self, stale: str, reason: str) -> None:
+        """Renew after a refusal; when no newer JWT comes but the one we hold has not
+        expired (a refusal that was not about it, a bridge that will not re-sign yet),
+        go on with it: the open is retried with backoff, never left undone."""
+        try:
+            await self._renew(stale, reason)
+        except RenewError as exc:
+            try:
+                held = self.credentials.current()[0]
+            except RenewError:
+                raise exc from None
+            if self._expired(held):
+                raise
+            log.warning("no newer NATS JWT; reconnecting with the one held",
+                        extra={"link": self.settings.name, "reason": reason,
+                               "error": str(exc)})
+
+    def _postpone_renewal(self) -> None:
+        """A renewal ahead of expiry was refused: next try a tenth of the remaining time
+        later (at least 30 s), and always before the JWT expires."""
+        _, exp = lifetime(self._used_jwt(self._nc))
+        now = time.time()
+        if not exp:
+            self._renew_due = None
+            return
+        later = now + max(30.0, (exp - now) * 0.1)
+        self._renew_due = max(now + 1.0, min(later, exp - 3 * EXPIRY_MARGIN))
+
     async def _retire(self, old: NATS) -> None:
-        """Let the old connection finish what it holds, then drain it."""
+        """Stop the old connection taking new work (its subscriptions drain: callbacks for
+        what it already received run, and take their holds), let it finish what it holds,
+        then drain it. Its request inbox stays: replies to requests it sent still come."""
         try:
             if self.on_retire is not None:
                 await self.on_retire(old)
+            await drain_subscriptions(old)
             _, exp = lifetime(self._used_jwt(old))
             limit = time.time() + self.settings.retire_max
             deadline = min(limit, exp - EXPIRY_MARGIN) if exp else limit
-            while self._holds.get(old) and time.time() < deadline and not old.is_closed:
+            while self._holds.busy(old) and time.time() < deadline and not old.is_closed:
                 await asyncio.sleep(0.2)
-            await _drain(old, 5.0)
+            await drain(old, 5.0)
         except Exception as exc:
             log.warning("retiring an old NATS connection failed",
                         extra={"link": self.settings.name, "error": str(exc)})
-            await _close(old)
+            await close(old)
         finally:
             self._used.pop(old, None)
 
@@ -352,7 +393,7 @@ class SupervisedLink:
                 # the next step renews before connecting again, past this JWT
                 self._trouble = self._trouble or reason
                 self._stale = refused or self._stale
-            await _close(nc)
+            await close(nc)
             raise
         finally:
             connecting = False
@@ -360,18 +401,3 @@ class SupervisedLink:
         if self._trouble and nc.is_connected:
             self._trouble = None  # refused on one server, accepted on another
         return nc
-
-
-async def _drain(nc: NATS, grace: float) -> None:
-    if nc.is_closed:
-        return
-    try:
-        await asyncio.wait_for(nc.drain(), grace)
-    except (TimeoutError, nats.errors.Error, OSError):
-        await _close(nc)
-
-
-async def _close(nc: NATS) -> None:
-    with contextlib.suppress(Exception):
-        if not nc.is_closed:
-            await nc.close()

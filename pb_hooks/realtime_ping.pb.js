@@ -11,9 +11,11 @@
 // sends one SSE message `event: cairn_ping` to that realtime client and answers 204. The
 // message also resets PocketBase's idle timer, so a healthy idle link is not cut every 5
 // minutes either. Only the client's own auth (the one that set its subscriptions) or a
-// superuser may ping it: 401 without auth, 403 for another auth's client, 404 for an id that
-// is not (or no longer) connected, which is how a follower on a half-open link learns that
-// PocketBase has already forgotten it. Every message starts with "cairn realtime-ping:" so a
+// superuser may ping it: 401 without auth; 404 for an id that is not (or no longer)
+// connected, which is how a follower on a half-open link learns that PocketBase has already
+// forgotten it, and the same 404 for another auth's client (nobody learns whether someone
+// else's client id is connected); 429 for a second ping to one client within
+// MIN_INTERVAL_MS (followers ping after many seconds of silence; a flood is refused). Every message starts with "cairn realtime-ping:" so a
 // caller tells these answers from the plain 404 of a PocketBase without this hook.
 //
 // Note: client.send() hands the message to the connection's writer and waits for it to take
@@ -38,9 +40,17 @@ routerAdd("POST", "/api/cairn/realtime-ping", (e) => {
     const owner = client.get("auth");
     if (!owner || !e.auth || owner.id !== e.auth.id
         || owner.collection().id !== e.auth.collection().id) {
-      throw new ForbiddenError("cairn realtime-ping: this realtime client belongs to another auth");
+      throw new NotFoundError("cairn realtime-ping: no realtime client with this id is connected");
     }
   }
+  const MIN_INTERVAL_MS = 900; // handlers run in their own VM: constants live in here
+  const now = Date.now();
+  const last = client.get("cairn_ping_at");
+  if (typeof last === "number" && now - last < MIN_INTERVAL_MS) {
+    throw new ApiError(429, "cairn realtime-ping: at most one ping per " + MIN_INTERVAL_MS +
+      " ms per realtime client", {});
+  }
+  client.set("cairn_ping_at", now);
   client.send(new SubscriptionMessage({
     name: "cairn_ping",
     data: JSON.stringify({ at: new Date().toISOString() }),

@@ -150,10 +150,11 @@ class Bridge:
     async def run(self) -> None:
         """Follow events until stop() is called."""
         self.tasks = [
-            asyncio.create_task(follow(self.pb, self.router, self.on_realtime_connect,
-                                       self.stopping), name="follow"),
-            asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
-            asyncio.create_task(self._sweep_loop(), name="sweep-loop"),
+            background.start("follow", lambda: follow(self.pb, self.router,
+                                                      self.on_realtime_connect, self.stopping),
+                             self.stopping),
+            background.start("reconcile-loop", self._reconcile_loop, self.stopping),
+            background.start("sweep-loop", self._sweep_loop, self.stopping),
             background.start("service-renewal", self.renewer.run, self.stopping),
         ]
         await self.stopping.wait()

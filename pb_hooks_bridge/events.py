@@ -8,8 +8,8 @@ Every record is handled in its lane (`<collection>:<id>`), by events and reconci
 alike (`apply`), from a copy no older than what the bridge has seen of it (freshness.py):
 an older copy is re-read first, a deleted record is never brought back. Service users
 (few rows, and each run may sign a key) are always re-read under their lane, so two runs
-in a row never issue two keys. Device create/delete events also reset presence's
-(tenant, code) -> id cache.
+in a row never issue two keys; tenants too, so a stale copy never re-activates one.
+Device create/delete events also reset presence's (tenant, code) -> id cache.
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*"
           "sidecars/*"]
 
 
-ALWAYS_REREAD = {"nats_users"}
+# Re-read under their lane whatever the freshness map says: service users (each run may sign
+# a key) and tenants (few rows; a step on a stale copy would push the account active again,
+# re-issue its service users and requeue its devices after a deactivation whose event still
+# waits in the queue, e.g. behind a catch-up).
+ALWAYS_REREAD = {"nats_users", "tenants"}
 
 
 class EventRouter:
@@ -62,11 +66,14 @@ class EventRouter:
             if event.action == "create":  # later updates are the bridge's own writes
                 metrics.EVENTS.labels("commands", "create").inc()
                 self.fresh.saw("commands", record)
+                self.fresh.advance("commands", record.get("updated", ""))
                 self.commands.submit(record["id"], record.get("device", ""),
                                      record.get("tenant", ""))
             return
         deleted = event.action == "delete"
         self.fresh.saw(event.collection, record, deleted=deleted)  # at arrival: newest known
+        if not deleted:  # delivered by the stream: the catch-up watermark may move
+            self.fresh.advance(event.collection, record.get("updated", ""))
         if (event.collection == "devices" and event.action in ("create", "delete")
                 and self.presence is not None):
             self.presence.forget(record.get("tenant", ""), record.get("code", ""),

@@ -10,8 +10,14 @@ asks `stale()` first and re-reads the row when its copy is older. PocketBase's `
 that sorts after every timestamp, so nothing resurrects it.
 
 Entries are pruned after each full reconciliation (its listings supersede them), so the
-map stays as small as the churn between two passes. Per collection it also keeps the
-newest `updated` seen: the watermark an incremental catch-up lists from.
+map stays as small as the churn between two passes.
+
+Per collection it also keeps a watermark (`newest`): the `updated` an incremental catch-up
+lists from. It is kept apart from the per-record map and only `advance()` moves it: with
+versions delivered by the realtime stream (handed over only once the catch-up before them
+succeeded) and with a catch-up's listings once every listed row was applied. Never with
+the bridge's own writes or re-reads: those stamp rows changed while events were lost, and
+a watermark past them would make the next catch-up (after one that failed) skip them.
 """
 
 from __future__ import annotations
@@ -28,20 +34,26 @@ DELETED = "~deleted"  # "~" sorts after every PocketBase timestamp
 class Freshness:
     def __init__(self) -> None:
         self.seen: dict[str, tuple[str, float]] = {}  # "collection:id" -> (updated, mono)
-        self.newest: dict[str, str] = {}  # collection -> newest `updated` seen
+        self.newest: dict[str, str] = {}  # collection -> catch-up watermark (advance())
 
     def saw(self, collection: str, record: dict[str, Any], deleted: bool = False) -> None:
-        """Remember a version of a record (from an event, a listing or our own write)."""
+        """Remember a version of a record (from an event, a listing, a re-read or our own
+        write), to skip older copies of it. Leaves the catch-up watermark alone."""
         row_id = record.get("id")
         stamp = DELETED if deleted else str(record.get("updated") or "")
         if not row_id or not stamp:
             return
-        if not deleted and stamp > self.newest.get(collection, ""):
-            self.newest[collection] = stamp
         key = f"{collection}:{row_id}"
         known = self.seen.get(key)
         if known is None or stamp >= known[0]:
             self.seen[key] = (stamp, time.monotonic())
+
+    def advance(self, collection: str, updated: str) -> None:
+        """Move the catch-up watermark: `updated` of a version delivered by the realtime
+        stream, or the newest of a catch-up listing applied in full. Nothing else."""
+        stamp = str(updated or "")
+        if stamp and stamp != DELETED and stamp > self.newest.get(collection, ""):
+            self.newest[collection] = stamp
 
     def stale(self, collection: str, record: dict[str, Any]) -> bool:
         """Is this copy older than a version already seen (or the record deleted)?"""

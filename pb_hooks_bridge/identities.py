@@ -38,8 +38,21 @@ BRIDGE_ROLE = "service"
 ROLE_TAG = "role:"  # the role a JWT was signed with rides in its tags, to audit changes
 SUPERSEDED = "superseded"  # outcome: a newer change to the row refused our write
 
-# called with (nats_users row id, tenant id, JWT expiry or None when it has none any more)
-ExpiryWatch = Callable[[str, str, int | None], None]
+# called with (nats_users row id, tenant id, JWT expiry or None when it has none any more,
+# JWT iat or None when unknown)
+ExpiryWatch = Callable[[str, str, int | None, int | None], None]
+
+
+def renewal_window(ttl: int, claims: dict[str, Any]) -> float:
+    """Seconds before `exp` from which a JWT is renewed: half its lifetime, the longer of
+    the configured ttl and its own (exp - iat), so a JWT issued under a longer ttl (the
+    operator lowered it since) is renewed at its own half-life, not just before expiry."""
+    exp, iat = claims.get("exp"), claims.get("iat")
+    try:
+        own = int(exp) - int(iat) if exp and iat else 0
+    except (TypeError, ValueError):
+        own = 0
+    return max(ttl, own) / 2
 
 
 class Identities:
@@ -121,7 +134,7 @@ class Identities:
         if claims.get("sub") != public_key:
             return "key changed"
         exp = claims.get("exp")
-        if exp and exp - time.time() < self.ttl / 2:
+        if exp and exp - time.time() < renewal_window(self.ttl, claims):
             return "renewal"
         nats = claims.get("nats", {})
         wanted = natsjwt.user_claims(
@@ -278,7 +291,9 @@ class Identities:
                grant: dict[str, Any] | None) -> None:
         if self.watch_expiry is not None:
             exp = grant.get("exp") if grant else None
-            self.watch_expiry(row["id"], account.tenant_id, int(exp) if exp else None)
+            iat = grant.get("iat") if grant else None
+            self.watch_expiry(row["id"], account.tenant_id, int(exp) if exp else None,
+                              int(iat) if exp and iat else None)
 
     def own_role(self, name: str) -> str | None:
         """The fixed role of one of Cairn's own users, or None for a tenant's service user."""

@@ -99,10 +99,17 @@ class TenantLinks:
             await self.refresh(tenant_id)
 
     async def close(self, tenant_id: str) -> None:
-        link = self.links.pop(tenant_id, None)
-        self._locks.pop(tenant_id, None)
-        if link is not None:
-            await link.stop(grace=2.0)
+        """Stop the tenant's link and forget its creds (a deactivated or deleted tenant's
+        cairn-bridge user is revoked; reactivation issues new ones). Under the tenant's
+        lock, so a `link()` running at the same time cannot leave a link behind."""
+        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            link = self.links.pop(tenant_id, None)
+            self.creds.pop(tenant_id, None)
+            if link is not None:
+                await link.stop(grace=2.0)
+        if self._locks.get(tenant_id) is lock and not lock.locked():
+            del self._locks[tenant_id]
 
     async def close_all(self) -> None:
         for tenant_id in list(self.links):

@@ -113,18 +113,35 @@ class Pusher:
         self._check(reply.data, "delete")
 
     async def lookup(self, account_public_key: str) -> str:
-        """The account JWT the server holds now ('' when none)."""
+        """The account JWT the server holds now ('' when none). PushError when the server
+        cannot be asked (no responders, connection closed, no answer in time)."""
         subject = f"$SYS.REQ.ACCOUNT.{account_public_key}.CLAIMS.LOOKUP"
-        try:
-            reply = await self.nc.request(subject, b"", timeout=self.timeout)
-        except nats.errors.TimeoutError:
-            return ""
+        reply = await self._request(subject)
         return reply.data.decode()
 
     async def list_accounts(self) -> list[str]:
-        reply = await self.nc.request("$SYS.REQ.CLAIMS.LIST", b"", timeout=self.timeout)
-        body = json.loads(reply.data)
+        """Every account the server's resolver holds (PushError when it cannot be asked)."""
+        subject = "$SYS.REQ.CLAIMS.LIST"
+        reply = await self._request(subject)
+        try:
+            body = json.loads(reply.data)
+        except ValueError as exc:
+            raise PushError(f"{subject}: unreadable reply {reply.data[:200]!r}") from exc
+        if not isinstance(body, dict):
+            raise PushError(f"{subject}: unexpected reply {reply.data[:200]!r}")
+        if "error" in body:
+            raise PushError(f"{subject}: refused by nats-server: {body['error']}")
         return list(body.get("data") or [])
+
+    async def _request(self, subject: str) -> Any:
+        """A request on the system account; raw nats errors become PushError."""
+        try:
+            return await self.nc.request(subject, b"", timeout=self.timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError, TimeoutError) as exc:
+            raise PushError(f"{subject}: no answer ({exc.__class__.__name__})") from exc
+        except nats.errors.Error as exc:
+            raise PushError(f"{subject}: {exc.__class__.__name__}: {exc}") from exc
 
     @staticmethod
     def _check(data: bytes, what: str) -> None:

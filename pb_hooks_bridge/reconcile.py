@@ -11,12 +11,15 @@ the ledger).
 A pass never undoes a newer change. Every per-row step runs in the record's lane (the same
 key as its live events) through EventRouter.apply, which re-reads a listed row when the
 bridge has already seen a newer version of it: freshness.py keeps id -> latest `updated`,
-fed by events on arrival, by listings and by the bridge's own writes. That was chosen over
+fed by events on arrival, by listings and by the bridge's own writes (the catch-up
+watermark is separate: only delivered events and fully applied catch-up listings move it,
+see freshness.py). That was chosen over
 re-reading every row under its lane: a pass touches every row, and a GET per device every
 ten minutes would double the pass's load on PocketBase for the few rows that changed while
 it ran. A change landing after a step read its copy is queued behind it in the same lane
 (and applied next), and a grant computed from the older copy is refused by its write
-precondition (pb_hooks/updates.pb.js). Service users are few and always re-read.
+precondition (pb_hooks/updates.pb.js). Service users and tenants are few and always
+re-read.
 """
 
 from __future__ import annotations
@@ -117,12 +120,18 @@ class Reconciler:
             await self._roles(summary)
             self.identities.sidecars.load(await self.pb.list("sidecars"))
             self._forget_gone({t["id"] for t in await self.pb.list("tenants", fields="id")})
+            listed: dict[str, str] = {}  # collection -> newest `updated` applied in full
             for collection in ("tenants", "devices", "nats_users"):
                 since = self.fresh.watermark(collection, self.full_listed_at, margin)
                 rows = await self.pb.list(collection, filter=f'updated >= "{since}"')
-                await self.rows(collection, rows, summary)
+                if not await self.rows(collection, rows, summary):
+                    listed[collection] = max((str(r.get("updated") or "") for r in rows),
+                                             default="")
             await self._orphan_accounts(summary)
             await self._ledger(summary)
+            # only now (all done): a catch-up that fails leaves the watermarks where they were
+            for collection, newest in listed.items():
+                self.fresh.advance(collection, newest)
             return self._done(summary, started)
 
     def _done(self, summary: Summary, started: float) -> Summary:
@@ -137,12 +146,15 @@ class Reconciler:
             self.accounts.forget(tenant_id)
 
     async def rows(self, collection: str, rows: list[dict[str, Any]],
-                   summary: Summary) -> None:
-        """One step per row, each in the row's lane, at most `concurrency` at once."""
+                   summary: Summary) -> int:
+        """One step per row, each in the row's lane, at most `concurrency` at once.
+        Returns how many steps failed."""
         kind = KINDS[collection]
         limit = asyncio.Semaphore(self.concurrency)
+        failed = 0
 
         async def one(row: dict[str, Any]) -> None:
+            nonlocal failed
             if collection != "tenants" and self.accounts.get(row.get("tenant", "")) is None:
                 return  # its tenant is gone or could not be provisioned
             async with limit:
@@ -152,11 +164,13 @@ class Reconciler:
                         lambda: self.router.apply(collection, row, resend=True))
                     summary.add(kind, outcome)
                 except Exception as exc:  # one bad row never stops the pass
+                    failed += 1
                     summary.add(kind, "failed")
                     log.exception("reconcile step failed",
                                   extra={"kind": kind, "id": row.get("id"), "error": str(exc)})
 
         await asyncio.gather(*(one(row) for row in rows))
+        return failed
 
     async def _roles(self, summary: Summary) -> None:
         listed_at = time.monotonic()

@@ -1,13 +1,15 @@
 """Service users' JWTs renewed on their own schedule, not on the 10-minute reconciliation.
 
 A JWT is due once it passes half its lifetime (`needs_new_jwt`'s "renewal" threshold is
-exp - now < ttl/2), long before the links that use it renew themselves (links.py swaps at
-0.7 of the lifetime). Identities reports every service user's current expiry (`watch`);
-`run` sleeps until the earliest one is due and renews it through its row's lane with a copy
-of the row read there, so a renewal racing an event or a reconciliation step still issues
-exactly one JWT. A renewal that fails, or leaves the row as it was, is retried later with
-backoff (per row), never in a tight loop. `run` is meant to run under
-background.supervised (named, failures logged and counted, cancelled on stop).
+exp - now < max(ttl, exp - iat)/2, identities.renewal_window; the schedule uses the same
+window plus a second, so it is never due before that threshold says yes), long before the
+links that use it renew themselves (links.py swaps at 0.7 of the lifetime). Identities
+reports every service user's current expiry (`watch`); `run` sleeps until the earliest one
+is due and renews it through its row's lane with a copy of the row read there, so a renewal
+racing an event or a reconciliation step still issues exactly one JWT. A renewal that
+fails, or leaves the row as it was, is retried later with backoff (per row), never in a
+tight loop. `run` is meant to run under background.supervised (named, failures logged and
+counted, cancelled on stop).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pb_hooks_bridge import metrics
+from pb_hooks_bridge.identities import renewal_window
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,15 @@ class Renewer:
         self.renewed = 0
         self._wake = asyncio.Event()
 
-    def watch(self, row_id: str, tenant_id: str, exp: int | None) -> None:
-        """A service user's JWT expiry as issued or found (None: it has none to renew)."""
+    def watch(self, row_id: str, tenant_id: str, exp: int | None,
+              iat: int | None = None) -> None:
+        """A service user's JWT expiry (and iat, when known) as issued or found (exp None:
+        it has none to renew)."""
         if exp is None:
             self.due.pop(row_id, None)
             self.retries.pop(row_id, None)
             return
-        due = exp - self.ttl / 2 + PAST_THRESHOLD
+        due = exp - renewal_window(self.ttl, {"exp": exp, "iat": iat}) + PAST_THRESHOLD
         before = self.due.get(row_id)
         if before is not None and row_id in self.retries:
             if due <= before[0]:

@@ -10,6 +10,10 @@ apis/batch.go applies `requests[i].headers` to each one), so such updates always
 the batch API, alone if need be. A batch is one transaction: when one of its updates is
 refused, PocketBase names it (`data.requests.<i>.response`); that caller gets its own error
 (status and message of the refusal) and the others are sent again without it.
+
+When the batch API is off (403/404) or a 400 names no sub-request, the updates go one by one
+as single PATCHes, each still carrying its headers: a precondition is never dropped, and a
+refusal (409) reaches its caller exactly as from a batch (`superseded`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,6 @@ class BatchWriter:
         self.pending: list[_Update] = []
         self._flushing: asyncio.Task[None] | None = None
         self.batch_ok = True
-        self._warned = False
 
     async def update(self, collection: str, record_id: str, data: dict[str, Any],
                      headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -95,13 +98,10 @@ class BatchWriter:
             for item, result in zip(left, results, strict=True):
                 self._succeed(item, result.get("body") or {})
             return
-        for item in left:
-            if item.headers and not self._warned:
-                self._warned = True
-                log.warning("batch API off: updates go without their preconditions",
-                            extra={"headers": sorted(item.headers)})
+        for item in left:  # one by one, each with its own headers (its precondition)
             try:
-                result = await self.pb.update(item.collection, item.record_id, item.data)
+                result = await self.pb.update(item.collection, item.record_id, item.data,
+                                              headers=item.headers)
             except PocketBaseError as exc:
                 self._fail(item, exc)
             else:

@@ -6,7 +6,9 @@ message's `done` set when it succeeded, was dead-lettered, or was dropped by a f
 bound; a redelivery skips what is in it. All done: the message is acked (and recorded as
 complete). Anything not done: recorded as partial and handed back (nak) with a delay
 growing with its deliveries (`retry_delay`), so a dead letter NATS keeps refusing does not
-spin. A cancelled run (a stop) is handed back at once, for the next router.
+spin. A cancelled run (a stop) is handed back at once, for the next router. A dead letter
+refused for its size (`too_large`) would be refused forever: counted, logged and taken as
+done (the message is acked).
 
 Publishes go through the tenant's `AlertPublisher` (JetStream with PubAck for `alerts.`,
 `alerts.py`) with a `Nats-Msg-Id` per (stream sequence, rule, action); a dead letter gets
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 import nats
 from nats.aio.msg import Msg
+from prometheus_client import Counter
 
 from rule_router import metrics
 from rule_router.actions import ACTIONS, DEADLETTER_SUBJECT, deadletter_payload
@@ -38,6 +41,10 @@ from rule_router.model import Firing, PublishOut, WebhookOut
 
 log = logging.getLogger(__name__)
 
+DEADLETTERS_TOO_LARGE = Counter(
+    "cairn_router_deadletters_too_large_total",
+    "Dead letters refused for their size (max_payload, the stream's max_msg_size): dropped "
+    "and the message acked, since a retry would be refused the same way")
 RETRY_DELAY = 5.0  # seconds before a handed-back message returns, doubling per delivery
 RETRY_MAX = 60.0
 
@@ -182,9 +189,26 @@ class Acting:
             metrics.DEADLETTERS.inc()
             return True
         except (nats.errors.Error, OSError) as exc:
+            if too_large(exc):  # refused for its size: it always will be, never a nak loop
+                DEADLETTERS_TOO_LARGE.inc()
+                log.error("dead letter refused for its size; dropped, the message is acked",
+                          extra={"tenant": self.slug, "rule": firing.rule.name,
+                                 "error": str(exc) or repr(exc)})
+                return True
             log.error("dead letter could not be published; the message will come back",
                       extra={"tenant": self.slug, "rule": firing.rule.name, "error": str(exc)})
             return False
+
+
+def too_large(exc: BaseException) -> bool:
+    """A publish refused for its size: over the connection's max_payload (nats-py checks
+    before sending) or over the stream's max_msg_size (the PubAck's error)."""
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return True
+    if getattr(exc, "err_code", None) == 10054:  # JSStreamMessageExceedsMaximumErr
+        return True
+    text = str(exc).lower()
+    return "maximum payload" in text or "message size exceeds" in text
 
 
 async def nak_all(msgs: list[Msg], delay: float | None = None) -> None:

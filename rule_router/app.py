@@ -3,8 +3,12 @@
 Start: sign in as the router's own `sidecars` record (never the superuser) and register
 its public key -> realtime on rules, tenants, nats_users -> resync (tenants where the bridge
 signed a JWT for our key get a TenantRouter; every rules row validated, status written
-back) -> follow events. Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish
-(bounded), drain each tenant connection, close HTTP and PocketBase.
+back) -> follow events. A tenant whose runtime did not start (NATS unreachable, or slower
+than CONNECT_WAIT) is tried again by the `tenant-retry` task, RETRY_FIRST doubling to
+RETRY_MAX, while it is active, signed for us and not routed (counted:
+`cairn_router_tenant_start_failures_total`). A deleted tenant's credentials are dropped.
+Stop (SIGTERM/SIGINT): stop following, let in-flight messages finish (bounded), drain each
+tenant connection, close HTTP and PocketBase.
 
 Tenant slugs are what allow entries are scoped by (`slug:NAME`, `slug:host`): rows are
 validated with their tenant's slug, each TenantRouter renders and connects with its own,
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import start_http_server
+from prometheus_client import Counter, start_http_server
 
 from cairn_common import logs
 from cairn_common.filemodes import NotPrivateError
@@ -44,6 +48,11 @@ log = logging.getLogger(__name__)
 TOPICS = ["rules/*", "tenants/*", "nats_users/*"]
 DIR_POLL = 2.0
 EVERY_TENANT = "*"
+RETRY_FIRST = 5.0  # seconds before a tenant whose runtime did not start is tried again,
+RETRY_MAX = 60.0  # doubling up to this, for as long as it is active, signed and not routed
+START_FAILURES = Counter("cairn_router_tenant_start_failures_total",
+                         "Tenant runtimes that did not start (NATS unreachable or slow), "
+                         "tried again with backoff")
 
 
 class Router:
@@ -61,11 +70,14 @@ class Router:
         self.tenants: dict[str, TenantRouter] = {}
         # per tenant: our JWT there (from our nats_users row, renewed by the bridge) + seed
         self.creds: dict[str, MemoryCredentials] = {}
+        self._gone: set[str] = set()  # deleted tenants (their rows' late events are ignored)
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
         self._dirty: set[str] = set()
         self._handling = asyncio.Lock()
         self._swap_pending = False
+        self._retry: dict[str, tuple[float, float]] = {}  # tenant id -> (due, last delay)
+        self._retry_wake = asyncio.Event()
 
     async def start(self) -> None:
         await self.identity.sign_in(self.pb)
@@ -73,7 +85,8 @@ class Router:
             self.files.reload()
         self.tasks = [asyncio.create_task(follow_realtime(
             self.pb, TOPICS, self._on_event, self.resync, self.stopping,
-            on_state=lambda up: metrics.CONNECTED.set(1 if up else 0)), name="follow")]
+            on_state=lambda up: metrics.CONNECTED.set(1 if up else 0)), name="follow"),
+            asyncio.create_task(self._retry_starts(), name="tenant-retry")]
         if self.files is not None:
             self.tasks.append(asyncio.create_task(self._watch_dir(), name="rules-dir"))
 
@@ -101,6 +114,8 @@ class Router:
         for tenant_id in [t for t, r in self.tenants.items() if t not in tenants
                           or not tenants[t].get("active") or r.slug != self.slugs[t]]:
             await self.tenants.pop(tenant_id).stop()
+        for tenant_id in [t for t in self.creds if t not in tenants]:  # deleted meanwhile
+            self._forget(tenant_id)
         limit = asyncio.Semaphore(16)
 
         async def ensure(tenant: dict[str, Any]) -> None:
@@ -123,7 +138,8 @@ class Router:
         if event.collection == "rules":
             await self.rows.apply(record, deleted=deleted)
         elif event.collection == "nats_users" and record.get("name") == self.identity.name:
-            self._remember(record)
+            if not deleted:  # a deleted row has nothing newer (nor a tenant, perhaps)
+                self._remember(record)
             if not deleted and record.get("tenant") not in self.tenants:
                 tenant = await self.pb.get("tenants", record["tenant"])
                 await self._ensure_tenant(tenant)
@@ -133,6 +149,9 @@ class Router:
                 router = self.tenants.pop(record["id"], None)
                 if router is not None:
                     await router.stop()
+                self._retry.pop(record["id"], None)
+            if deleted:
+                self._forget(record["id"])
             if renamed:
                 await self.rows.load_all()  # its rows, validated under the new slug
             if not deleted and record.get("active"):
@@ -162,6 +181,8 @@ class Router:
         if found is None:  # not signed for our key yet: the row's update brings it
             return
         tenant_id = row["tenant"]
+        if tenant_id in self._gone:  # a late event of a deleted tenant's row
+            return
         held = self.creds.get(tenant_id)
         if held is None:
             held = self.creds[tenant_id] = MemoryCredentials(
@@ -174,6 +195,13 @@ class Router:
                                                            f'&& tenant = "{tenant_id}"'):
             self._remember(row)
 
+    def _forget(self, tenant_id: str) -> None:
+        """A deleted tenant: no credentials, no retry left of it (ids are never reused, so
+        its late row events are ignored for good)."""
+        self._gone.add(tenant_id)
+        self.creds.pop(tenant_id, None)
+        self._retry.pop(tenant_id, None)
+
     async def _ensure_tenant(self, tenant: dict[str, Any]) -> None:
         tenant_id = tenant["id"]
         if tenant_id in self.tenants or not tenant.get("active") or tenant_id not in self.creds:
@@ -185,14 +213,68 @@ class Router:
         self.tenants[tenant_id] = router
         try:
             await router.start()
-        except Exception as exc:  # NATS unreachable: the next resync tries again
-            self.tenants.pop(tenant_id, None)
+        except Exception as exc:  # NATS unreachable or slow: `_retry_starts` tries again
+            if self.tenants.get(tenant_id) is router:
+                del self.tenants[tenant_id]
             with contextlib.suppress(Exception):
                 await router.stop(grace=0.1)  # its own webhook client, if made
-            log.warning("tenant not started", extra={"tenant": tenant.get("slug"),
-                                                     "error": str(exc)})
+            START_FAILURES.inc()
+            log.warning("tenant not started; trying again", extra={
+                "tenant": tenant.get("slug"), "error": str(exc) or repr(exc),
+                "retry_in": self._schedule_retry(tenant_id)})
             return
+        self._retry.pop(tenant_id, None)
         log.info("routing tenant", extra={"tenant": router.slug})
+
+    # -- tenants that did not start ------------------------------------------------------
+
+    def _schedule_retry(self, tenant_id: str) -> float:
+        """The next attempt for a tenant that did not start: RETRY_FIRST, doubling."""
+        last = self._retry.get(tenant_id, (0.0, 0.0))[1]
+        delay = min(last * 2, RETRY_MAX) if last else RETRY_FIRST
+        self._retry[tenant_id] = (asyncio.get_running_loop().time() + delay, delay)
+        self._retry_wake.set()
+        return delay
+
+    async def _retry_starts(self) -> None:
+        """Supervise the tenants whose start failed: a resync (the only other retry)
+        comes with a realtime reconnect, which keepalive pings make rare."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._retry_wake.clear()
+            due = min((at for at, _ in self._retry.values()), default=None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_wake.wait(),
+                                       None if due is None else max(0.0, due - loop.time()))
+            now = loop.time()
+            limit = asyncio.Semaphore(16)  # each attempt may wait CONNECT_WAIT
+            await asyncio.gather(*(self._retry_start(t, limit) for t, (at, _)
+                                   in list(self._retry.items()) if at <= now))
+
+    async def _retry_start(self, tenant_id: str, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            try:
+                await self._retry_one(tenant_id)
+            except Exception as exc:  # PocketBase away: later, with the backoff
+                log.warning("tenant start not retried; trying again later", extra={
+                    "tenant": self.slugs.get(tenant_id), "error": str(exc) or repr(exc),
+                    "retry_in": self._schedule_retry(tenant_id)})
+
+    async def _retry_one(self, tenant_id: str) -> None:
+        if tenant_id in self.tenants or tenant_id not in self.creds:
+            self._retry.pop(tenant_id, None)
+            return
+        try:
+            tenant = await self.pb.get("tenants", tenant_id)  # as it is now
+        except PocketBaseError as exc:
+            if exc.status != 404:
+                raise
+            self._forget(tenant_id)
+            return
+        if not tenant.get("active"):
+            self._retry.pop(tenant_id, None)  # its reactivation's event starts it
+            return
+        await self._ensure_tenant(tenant)
 
     # -- rule sets ---------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ without that stream they fall back to core publishes (`alerts.py`).
 Core subscriptions are in a queue group named after the router's identity: the server
 hands each core message to one of them, so filters that overlap, two connections of one
 router while one replaces the other, or two processes of the same identity never
-evaluate it twice (the durable consumer is per identity in the same way).
+evaluate it twice (the durable consumer is per identity in the same way). A swap loses
+none: the new connection subscribes (and flushes) before the old one's subs are drained.
 
 The connection uses the service user's own inbox prefix (`service_inbox`): its replies
 (PubAcks included) never travel under the shared `_INBOX.>`, which its permissions do not
@@ -44,6 +45,7 @@ message is acked: it is not telemetry and never will be).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -85,6 +87,8 @@ LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
 STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
 SERVICE_USER = "cairn-router"  # the router's NATS user name in every tenant account
 CONNECT_WAIT = 15.0  # seconds start() waits for the first connection
+SUB_FLUSH = 5.0  # seconds for the server to confirm a new connection's subscriptions
+SUB_DRAIN = 5.0  # seconds an old connection's subscription may take to hand over its queue
 
 Suspend = Callable[[Rule, str], None]
 
@@ -154,9 +158,15 @@ class TenantRouter(Acting):
 
     async def _on_link(self, nc: NATS) -> None:
         """A new connection (first, renewed, reopened): it takes over the core
-        subscriptions now and the pull subscription at the consumer's next round."""
-        self.nc = nc
-        await self.rebind()
+        subscriptions now and the pull subscription at the consumer's next round. When
+        that fails the link closes `nc` and keeps the old one: so does this runtime."""
+        previous, self.nc = self.nc, nc
+        try:
+            await self.rebind()
+        except BaseException:
+            if self.nc is nc:
+                self.nc = previous
+            raise
 
     async def _on_retire(self, old: NATS) -> None:
         """Before the old connection drains: let the consumer move off it and the work
@@ -207,21 +217,35 @@ class TenantRouter(Acting):
             await self._resubscribe_locked()
 
     async def _resubscribe_locked(self) -> None:
-        assert self.nc is not None
-        if self._subs_on is not self.nc:  # made on a connection that is gone (or none)
-            old, self.core_subs = self.core_subs, {}
-            for sub in old.values():
-                try:
-                    await sub.unsubscribe()
-                except Exception:  # its connection is closed: nothing to undo
-                    continue
-            self._subs_on = self.nc
-        wanted = self.ruleset.core_filters()
+        nc, wanted = self.nc, self.ruleset.core_filters()
+        assert nc is not None
+        if self._subs_on is not nc:  # made on a connection that is gone (or none)
+            await self._move_subs(nc, wanted)
+            return
         for subject in set(self.core_subs) - wanted:
             await self.core_subs.pop(subject).unsubscribe()
         for subject in wanted - set(self.core_subs):
-            self.core_subs[subject] = await self.nc.subscribe(subject, queue=self.queue,
-                                                              cb=self._on_core)
+            self.core_subs[subject] = await nc.subscribe(subject, queue=self.queue,
+                                                         cb=self._on_core)
+
+    async def _move_subs(self, nc: NATS, wanted: set[str]) -> None:
+        """Subscribe on `nc` first (same queue group) and flush, so the server has the
+        new interest; only then drain the old subscriptions: what they already hold is
+        still handled (nats-py's unsubscribe drops it), and nothing arrives in between."""
+        fresh: dict[str, Any] = {}
+        try:
+            for subject in wanted:
+                fresh[subject] = await nc.subscribe(subject, queue=self.queue,
+                                                    cb=self._on_core)
+            await nc.flush(timeout=SUB_FLUSH)
+        except BaseException:
+            for sub in fresh.values():
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            raise
+        old, self.core_subs, self._subs_on = self.core_subs, fresh, nc
+        if old:
+            await asyncio.wait([asyncio.create_task(_drain(sub)) for sub in old.values()])
 
     async def _on_core(self, msg: Msg) -> None:
         if subject_matches(TELEMETRY, msg.subject):
@@ -374,3 +398,12 @@ class TenantRouter(Acting):
             self.on_suspend(rule, f"suspended after {STRIKES} messages: rule {rule.name!r} "
                             f"(line {rule.line}): {exc}. Edit the rule (or disable and "
                             "enable it) to load it again.")
+
+
+
+async def _drain(sub: Any) -> None:
+    """Drain an old connection's subscription, bounded (a closed one has nothing left)."""
+    try:
+        await asyncio.wait_for(sub.drain(), SUB_DRAIN)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        log.debug("old core subscription not drained", extra={"error": str(exc) or repr(exc)})

@@ -25,6 +25,7 @@ ACTIONS = {
 }
 
 DEADLETTER_SUBJECT = "alerts.deadletter"
+ORIGINAL_MAX = 16 * 1024  # bytes of the original message a dead letter carries at most
 
 
 def describe(action: Out) -> dict[str, Any]:
@@ -39,12 +40,20 @@ def deadletter_payload(firing: Firing, action: Out, error: str | WebhookResult |
                        original_payload: bytes | None = None,
                        now: datetime | None = None) -> bytes:
     """The JSON document for `alerts.deadletter`: rule, subject, action, error, attempts,
-    the original message (decoded when it is JSON, else as text) and a timestamp."""
+    the original message (decoded when it is JSON, else as text) and a timestamp. An
+    original over ORIGINAL_MAX bytes is cut to its first ORIGINAL_MAX bytes (as text) and
+    marked `original_truncated: true` with its `original_size`: a letter embedding a
+    ~1 MiB message would exceed max_payload and the ALERTS stream's max_msg_size."""
     original = firing.payload if original_payload is None else original_payload
-    try:
-        message: Any = json.loads(original)
-    except (ValueError, RecursionError):
-        message = original.decode("utf-8", errors="replace")
+    truncated = len(original) > ORIGINAL_MAX
+    message: Any
+    if truncated:  # an excerpt, as text: the letter must fit max_payload and the stream
+        message = original[:ORIGINAL_MAX].decode("utf-8", errors="replace")
+    else:
+        try:
+            message = json.loads(original)
+        except (ValueError, RecursionError):
+            message = original.decode("utf-8", errors="replace")
     attempts, status = 1, None
     if isinstance(error, WebhookResult):
         attempts, status, text = error.attempts, error.status, error.error or "failed"
@@ -60,6 +69,7 @@ def deadletter_payload(firing: Firing, action: Out, error: str | WebhookResult |
         "attempts": attempts,
         "status": status,
         "original": message,
+        **({"original_truncated": True, "original_size": len(original)} if truncated else {}),
         "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
     return json.dumps(doc, ensure_ascii=False).encode("utf-8", errors="backslashreplace")

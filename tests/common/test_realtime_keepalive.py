@@ -331,14 +331,19 @@ async def test_c_the_ping_route_serves_only_the_clients_own_auth(pb_env, admin):
             assert (await _keepalive(alice_stream)).action == "keepalive"
             await admin.ping_realtime(admin_id)  # a superuser, its own
             await _keepalive(admin_stream)
+            with pytest.raises(PocketBaseError) as flood:  # again at once: refused
+                await alice.ping_realtime(alice_id)
+            assert flood.value.status == 429 and "at most one ping" in str(flood.value)
+            await asyncio.sleep(1.0)  # the per-client interval passes (time is the input)
             await admin.ping_realtime(alice_id)  # a superuser, anyone's
             await _keepalive(alice_stream)
 
             for caller, client_id in ((bob, alice_id), (alice, admin_id)):
                 with pytest.raises(PocketBaseError) as refused:
                     await caller.ping_realtime(client_id)
-                assert refused.value.status == 403
-                assert "belongs to another auth" in str(refused.value)
+                # the same answer as for an id nobody holds: nothing learned about others
+                assert refused.value.status == 404
+                assert "no realtime client" in str(refused.value)
             with pytest.raises(PocketBaseError) as anon:
                 await anonymous.ping_realtime(alice_id)
             assert anon.value.status == 401

@@ -168,3 +168,57 @@ async def _nothing(nc) -> None:
 
 async def _async(value):
     return value
+
+
+def test_only_the_servers_refusals_count_as_credential_trouble():
+    import nats as nats_mod
+
+    from cairn_common.link_settings import auth_reason
+    assert auth_reason(nats_mod.errors.Error("nats: user authentication expired")) == "expired"
+    assert auth_reason(nats_mod.errors.Error("nats: 'User Authentication Revoked'")) == "revoked"
+    assert auth_reason(nats_mod.errors.AuthorizationError()) == "authorization"
+    # a TLS certificate that expired is not a JWT problem: renewing would not fix it
+    assert auth_reason(OSError("certificate verify failed: certificate has expired")) is None
+    assert auth_reason(None) is None
+
+
+async def test_a_refusal_with_no_newer_jwt_reconnects_with_the_valid_one(nats_env, account):
+    """An authorization close (not about our JWT) while renewal has nothing newer: the link
+    goes on with the JWT it holds instead of staying closed."""
+    import nats as nats_mod
+    signer = Signer(account, lifetime=120)
+    link = SupervisedLink(settings(nats_env, "refused-keep", 0.7), signer, _nothing)
+    await link.start()
+    try:
+        signer.refuse = True
+        old = link.nc
+        old._err = nats_mod.errors.AuthorizationError()  # as if the server had said so
+        await old.close()
+        await eventually(lambda: _async(link.connected and link.nc is not old), 10,
+                         "reconnected with the JWT it holds")
+    finally:
+        await link.stop()
+
+
+async def test_a_refused_renewal_ahead_of_expiry_is_postponed_not_looped(nats_env, account):
+    signer = Signer(account, lifetime=120)
+    calls = 0
+    real = signer.renew
+
+    async def counting(stale: str) -> None:
+        nonlocal calls
+        calls += 1
+        await real(stale)
+
+    signer.renew = counting  # type: ignore[method-assign]
+    signer.refuse = True
+    # due almost at once (1 % of the lifetime), refused: next try >= 30 s later
+    link = SupervisedLink(settings(nats_env, "postponed", 0.01), signer, _nothing)
+    await link.start()
+    try:
+        await eventually(lambda: _async(calls >= 1), 10, "the first renewal attempt")
+        await asyncio.sleep(3)  # backoff here is at most 1 s: a loop would call again
+        assert calls == 1
+        assert link.connected
+    finally:
+        await link.stop()
