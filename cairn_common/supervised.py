@@ -327,9 +327,19 @@ class SupervisedLink:
         self._wake.clear()
 
     async def _sleep(self, seconds: float) -> None:
-        """Backoff that a stop or a swap request cuts short."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        """Backoff that only a stop cuts short. Wake-ups (a close, a refusal seen while
+        reconnecting, a swap request) are cleared here: the next step reads the state
+        afresh, and a wake left set (or a swap that keeps failing) would turn every backoff
+        into a busy loop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self._stopping:
+            self._wake.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
     async def _open(self) -> NATS:
         s = self.settings

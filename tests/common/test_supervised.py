@@ -124,9 +124,20 @@ async def test_renewal_refused_backs_off_then_recovers(nats_env, account):
     await link.start()
     try:
         signer.refuse = True
+        refused = 0
+        real = signer.renew
+
+        async def counting(stale: str) -> None:
+            nonlocal refused
+            refused += 1
+            await real(stale)
+
+        signer.renew = counting  # type: ignore[method-assign]
         await eventually(lambda: _async(not link.connected), 10, "closed at expiry")
-        await asyncio.sleep(1.5)  # a few refused renewals (backoff at most 1 s here)
+        await asyncio.sleep(2.0)  # a few refused renewals (backoff 0.1 s doubling to 1 s)
         assert not link.connected, "never connected with the expired JWT"
+        # the close woke the supervisor; that wake must not turn the backoff into a spin
+        assert 1 <= refused <= 8, refused
         signer.refuse = False
         await eventually(lambda: _async(link.connected), 10, "back once renewal works")
     finally:
@@ -222,3 +233,46 @@ async def test_a_refused_renewal_ahead_of_expiry_is_postponed_not_looped(nats_en
         assert link.connected
     finally:
         await link.stop()
+
+
+async def test_a_close_during_a_backoff_does_not_turn_backoffs_into_a_spin(nats_env, account):
+    """Seen once: an agent whose renewals kept failing logged thousands of 'step failed;
+    retry_in 60' lines a millisecond. A refused renewal ahead of expiry puts the supervisor
+    in a backoff; the server's close at expiry wakes it there; that wake must not stay set
+    and cut every later backoff short."""
+    signer = Signer(account, lifetime=3)
+    calls = 0
+    real = signer.renew
+
+    async def counting(stale: str) -> None:
+        nonlocal calls
+        calls += 1
+        await real(stale)
+
+    signer.renew = counting  # type: ignore[method-assign]
+    signer.refuse = True
+    link = SupervisedLink(settings(nats_env, "close-in-backoff", 0.3), signer, _nothing)
+    await link.start()
+    try:
+        await eventually(lambda: _async(not link.connected), 10, "closed at expiry")
+        closed_at = calls
+        await asyncio.sleep(2.5)  # backoff 0.1 s doubling to 1 s: a handful of tries
+        assert calls - closed_at <= 10, calls - closed_at
+    finally:
+        await link.stop()
+
+
+async def test_a_wake_left_set_never_cuts_a_backoff_short(nats_env):
+    """The mechanism behind the spin above, directly: a wake-up that arrived earlier (a
+    close, a refusal, a swap request) is cleared, and only a stop ends a backoff early."""
+    link = SupervisedLink(settings(nats_env, "wake-left", 0.7), Signer.__new__(Signer),
+                          _nothing)
+    link._wake.set()
+    started = time.monotonic()
+    await link._sleep(0.5)
+    assert time.monotonic() - started >= 0.45
+    link._stopping = True
+    link._wake.set()
+    started = time.monotonic()
+    await link._sleep(5.0)
+    assert time.monotonic() - started < 0.5
