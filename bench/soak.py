@@ -249,7 +249,7 @@ class Soak:
             while True:
                 try:
                     msgs = await sub.fetch(200, timeout=2)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either
                     return docs
                 for msg in msgs:
                     docs.append(json.loads(msg.data))
