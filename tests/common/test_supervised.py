@@ -27,7 +27,6 @@ class Signer:
         self.user = nkey.create("user")
         self.lifetime = lifetime
         self.renewals = 0
-        self.calls = 0  # renewal attempts, refused ones too
         self.refuse = False
         self.jwt = self._sign()
 
@@ -43,7 +42,6 @@ class Signer:
         return self.jwt, self.user.seed.decode()
 
     async def renew(self, stale: str) -> None:
-        self.calls += 1
         if self.refuse:
             raise RenewError("refused by the test")
         while int(time.time()) <= natsjwt.decode(stale, verify=False)["iat"]:
@@ -126,11 +124,20 @@ async def test_renewal_refused_backs_off_then_recovers(nats_env, account):
     await link.start()
     try:
         signer.refuse = True
+        refused = 0
+        real = signer.renew
+
+        async def counting(stale: str) -> None:
+            nonlocal refused
+            refused += 1
+            await real(stale)
+
+        signer.renew = counting  # type: ignore[method-assign]
         await eventually(lambda: _async(not link.connected), 10, "closed at expiry")
         await asyncio.sleep(2.0)  # a few refused renewals (backoff 0.1 s doubling to 1 s)
         assert not link.connected, "never connected with the expired JWT"
         # the close woke the supervisor; that wake must not turn the backoff into a spin
-        assert 1 <= signer.calls <= 8, signer.calls
+        assert 1 <= refused <= 8, refused
         signer.refuse = False
         await eventually(lambda: _async(link.connected), 10, "back once renewal works")
     finally:
@@ -206,14 +213,23 @@ async def test_a_refusal_with_no_newer_jwt_reconnects_with_the_valid_one(nats_en
 
 async def test_a_refused_renewal_ahead_of_expiry_is_postponed_not_looped(nats_env, account):
     signer = Signer(account, lifetime=120)
+    calls = 0
+    real = signer.renew
+
+    async def counting(stale: str) -> None:
+        nonlocal calls
+        calls += 1
+        await real(stale)
+
+    signer.renew = counting  # type: ignore[method-assign]
     signer.refuse = True
     # due almost at once (1 % of the lifetime), refused: next try >= 30 s later
     link = SupervisedLink(settings(nats_env, "postponed", 0.01), signer, _nothing)
     await link.start()
     try:
-        await eventually(lambda: _async(signer.calls >= 1), 10, "the first renewal attempt")
+        await eventually(lambda: _async(calls >= 1), 10, "the first renewal attempt")
         await asyncio.sleep(3)  # backoff here is at most 1 s: a loop would call again
-        assert signer.calls == 1
+        assert calls == 1
         assert link.connected
     finally:
         await link.stop()
@@ -225,14 +241,23 @@ async def test_a_close_during_a_backoff_does_not_turn_backoffs_into_a_spin(nats_
     in a backoff; the server's close at expiry wakes it there; that wake must not stay set
     and cut every later backoff short."""
     signer = Signer(account, lifetime=3)
+    calls = 0
+    real = signer.renew
+
+    async def counting(stale: str) -> None:
+        nonlocal calls
+        calls += 1
+        await real(stale)
+
+    signer.renew = counting  # type: ignore[method-assign]
     signer.refuse = True
     link = SupervisedLink(settings(nats_env, "close-in-backoff", 0.3), signer, _nothing)
     await link.start()
     try:
         await eventually(lambda: _async(not link.connected), 10, "closed at expiry")
-        closed_at = signer.calls
+        closed_at = calls
         await asyncio.sleep(2.5)  # backoff 0.1 s doubling to 1 s: a handful of tries
-        assert signer.calls - closed_at <= 10, signer.calls - closed_at
+        assert calls - closed_at <= 10, calls - closed_at
     finally:
         await link.stop()
 
