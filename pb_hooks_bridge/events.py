@@ -136,7 +136,12 @@ class EventRouter:
         account = await self.tenants.account_for(record.get("tenant", ""))
         if account is None:
             return "unchanged"
-        outcome = await self.identities.sync_service_user(account, record, deleted=deleted)
+        try:
+            outcome = await self.identities.sync_service_user(account, record, deleted=deleted)
+        except PocketBaseError as exc:
+            if exc.status != 404:
+                raise
+            return "gone"  # deleted while we wrote to it: its delete event revokes
         if not deleted:
             if outcome == "issued":  # the creds are on the stored row now
                 record = await self.current("nats_users", record) or record
@@ -175,6 +180,11 @@ class EventRouter:
                     await self.pb.delete("nats_users", row["id"])
 
             await asyncio.gather(*(revoke(row) for row in rows))
+            # a tenant's lane may be issuing this sidecar's row right now (a key change or
+            # a new tenant queued before the delete): sweep again behind it, in its lane
+            for account in list(self.tenants.accounts.by_tenant.values()):
+                self.lanes.submit(f"tenants:{account.tenant_id}",
+                                  lambda a=account: self._sweep_sidecar(a, name))
             return
         before = book.put(record)
         if before is not None and before.get("nats_public_key") == record.get(
@@ -183,6 +193,22 @@ class EventRouter:
         for account in [a for a in self.tenants.accounts.by_tenant.values() if a.active]:
             self.lanes.submit(f"tenants:{account.tenant_id}",
                               lambda a=account: self._ensure_users(a))
+
+    async def _sweep_sidecar(self, account: Account, name: str) -> None:
+        if self.identities.sidecars.role_of(name) is not None:
+            return  # re-created meanwhile: its rows are wanted again
+        row = await self.pb.first(
+            "nats_users", f'tenant = "{account.tenant_id}" && name = "{name}"')
+        if row is None:
+            return
+        if row.get("public_key"):
+            await self.identities.revoke(account, {row["public_key"]: 0}, "service",
+                                         f"nats_users/{name}", "sidecar deleted")
+        try:
+            await self.pb.delete("nats_users", row["id"])
+        except PocketBaseError as exc:
+            if exc.status != 404:
+                raise
 
     async def _ensure_users(self, account: Account) -> None:
         if account.active:  # (in the tenant's lane: a deactivation before us is seen)

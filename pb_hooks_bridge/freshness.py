@@ -60,6 +60,12 @@ class Freshness:
         known = self.seen.get(f"{collection}:{record.get('id')}")
         return known is not None and str(record.get("updated") or "") < known[0]
 
+    def live_since(self, collection: str, row_id: str, since: float) -> bool:
+        """Was a live copy of this record seen at or after `since` (monotonic), with no
+        delete after it?"""
+        found = self.seen.get(f"{collection}:{row_id}")
+        return found is not None and found[0] != DELETED and found[1] >= since
+
     def deleted(self, collection: str, row_id: str) -> bool:
         known = self.seen.get(f"{collection}:{row_id}")
         return known is not None and known[0] == DELETED

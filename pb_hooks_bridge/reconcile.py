@@ -98,7 +98,7 @@ class Reconciler:
             started, began, began_mono = time.perf_counter(), time.time(), time.monotonic()
             summary = Summary()
             await self._roles(summary)
-            self.identities.sidecars.load(await self.pb.list("sidecars"))
+            await self._load_sidecars()
             tenants = await self.pb.list("tenants")
             self._forget_gone({t["id"] for t in tenants})
             await self.rows("tenants", tenants, summary)
@@ -111,6 +111,24 @@ class Reconciler:
             self.fresh.prune(before=began_mono - PRUNE_MARGIN)
             return self._done(summary, started)
 
+    async def _load_sidecars(self) -> None:
+        """A listing read before a live event must not undo it: a sidecar deleted
+        meanwhile stays gone (else every tenant re-issues its rows), a newer copy stays,
+        and one created after the listing stays."""
+        began = time.monotonic()
+        book, listed = self.identities.sidecars, await self.pb.list("sidecars")
+        rows = {}
+        for row in listed:
+            if self.fresh.deleted("sidecars", row["id"]):
+                continue
+            if self.fresh.stale("sidecars", row):
+                row = book.rows.get(row.get("name", ""), row)
+            rows[row.get("name", "")] = row
+        for name, row in book.rows.items():
+            if name not in rows and self.fresh.live_since("sidecars", row.get("id", ""), began):
+                rows[name] = row  # created after the listing began
+        book.load(list(rows.values()))
+
     async def catch_up(self, margin: float | None = None) -> Summary:
         """After a gap in the realtime stream: what changed (or went) since."""
         margin = self.margin if margin is None else margin
@@ -118,7 +136,7 @@ class Reconciler:
             started = time.perf_counter()
             summary = Summary(kind="catch-up")
             await self._roles(summary)
-            self.identities.sidecars.load(await self.pb.list("sidecars"))
+            await self._load_sidecars()
             self._forget_gone({t["id"] for t in await self.pb.list("tenants", fields="id")})
             listed: dict[str, str] = {}  # collection -> newest `updated` applied in full
             for collection in ("tenants", "devices", "nats_users"):

@@ -170,6 +170,8 @@ class Tenants:
         for name in names:
             row = by_name.get(name)
             if row is None:
+                if name != BRIDGE_USER and not sidecars.key_of(name):
+                    continue  # the sidecar went (or lost its key) while we worked
                 try:
                     row = await self.pb.create("nats_users", {
                         "tenant": account.tenant_id, "name": name,

@@ -108,3 +108,52 @@ async def test_replaced_sidecar_key_is_revoked(sidecar, admin, nats_env):
         return False
 
     await eventually(refused, 30, "the deleted sidecar's key is revoked")
+
+
+async def test_sidecar_deleted_while_its_rows_are_issued_leaves_none(sidecar, admin):
+    """Deleting a sidecar right after its key arrived: the tenants' lanes may still be
+    creating its rows. None may survive (a survivor would hold a live JWT)."""
+    tenants = [await new_tenant(admin) for _ in range(12)]
+    for tenant in tenants:
+        await account_ready(admin, tenant)
+    key = nkey.create("user").public_key.decode()
+    await admin.update("sidecars", sidecar["id"], {"nats_public_key": key})
+    await admin.delete("sidecars", sidecar["id"])
+
+    async def gone():
+        return await admin.first("nats_users", f'name = "{sidecar["name"]}"') is None
+
+    await eventually(gone, 30, "every row of the deleted sidecar is gone")
+    assert await admin.first("nats_users", f'tenant = "{tenants[-1]["id"]}"') is not None
+
+
+async def test_a_pass_listed_before_a_sidecar_delete_does_not_bring_it_back(
+        bridge, sidecar, admin, monkeypatch):
+    """A full pass lists `sidecars`, then the sidecar is deleted (its event handled), then
+    the pass goes on with its listing: it must not re-issue the sidecar's rows."""
+    tenant = await account_ready(admin, await new_tenant(admin))
+    key = nkey.create("user").public_key.decode()
+    await admin.update("sidecars", sidecar["id"], {"nats_public_key": key})
+    await eventually(lambda: _issued(admin, tenant, sidecar["name"], key), 10)  # control
+    b = bridge.bridge
+    pb, real_list = b.reconciler.pb, b.reconciler.pb.list
+
+    async def list_then_delete(collection, *args, **kwargs):
+        rows = await real_list(collection, *args, **kwargs)
+        if collection == "sidecars" and any(r["id"] == sidecar["id"] for r in rows):
+            monkeypatch.setattr(pb, "list", real_list)
+            await admin.delete("sidecars", sidecar["id"])
+            await eventually(lambda: _delete_handled(b, admin, sidecar), 10,
+                             "delete event handled")
+        return rows
+
+    monkeypatch.setattr(pb, "list", list_then_delete)
+    await b.reconciler.run()
+    assert b.identities.sidecars.role_of(sidecar["name"]) is None
+    assert await admin.first("nats_users", f'name = "{sidecar["name"]}"') is None
+
+
+async def _delete_handled(b, admin, sidecar) -> bool:
+    return (b.freshness.deleted("sidecars", sidecar["id"])
+            and not b.lanes.busy(f"sidecars:{sidecar['id']}")
+            and await admin.first("nats_users", f'name = "{sidecar["name"]}"') is None)
