@@ -1,17 +1,21 @@
 """The agent service: wiring, background tasks, start and stop.
 
 Start: check creds -> connect (retry forever) -> subscribe to commands -> heartbeat,
-telemetry, inventory and buffer-flush tasks, and the desired-config poller (which restarts
-the others when intervals change, never itself). JWT renewal belongs to the supervised
-link (agent/link.py), scheduled from the JWT's own expiry. Stop (SIGTERM/SIGINT): stop taking
-commands, let in-flight ones finish (bounded), cancel the periodic tasks, flush buffered
-telemetry (bounded), drain the connection.
+telemetry, inventory and buffer-flush tasks, and the desired-config follower (which
+restarts the others when intervals change, never itself). Desired config comes over NATS
+from the bridge (agent/control.py): fetched after every connect, on the bridge's `config`
+hint, and every DESIRED_CHECK as a safety net; no PocketBase login on any schedule. JWT
+renewal belongs to the supervised link (agent/link.py), scheduled from the JWT's own
+expiry, and also goes over NATS while the JWT is valid (agent/credentials.py).
+Stop (SIGTERM/SIGINT): stop taking commands, let in-flight ones finish (bounded), cancel
+the periodic tasks, flush buffered telemetry (bounded), drain the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -23,7 +27,8 @@ from agent.collectors.inventory import collect_inventory
 from agent.collectors.system import SystemCollector
 from agent.config import AgentConfig
 from agent.context import VERSION, Context
-from agent.credentials import DeviceCredentials, fetch_own_record, load_or_create_seed
+from agent.control import ControlClient, ControlError
+from agent.credentials import DeviceCredentials, load_or_create_seed
 from agent.dispatcher import Dispatcher, now_rfc3339
 from agent.errors import AgentError, EnrollmentError
 from agent.link import agent_link
@@ -37,7 +42,8 @@ from cairn_common.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 COMMAND_QUEUE = "cairn-agent"  # overlapping connections of one agent share requests
-DESIRED_CHECK = 300.0  # seconds between reads of devices.config
+DESIRED_CHECK = 1800.0  # seconds between safety-net fetches of the desired config
+DESIRED_MIN_GAP = 1.0  # at most one fetch a second, however many hints arrive
 
 
 class AgentApp:
@@ -45,8 +51,13 @@ class AgentApp:
         self.config = config
         self.ctx = Context(config=config)
         self.dispatcher = Dispatcher(self.ctx)
-        self.credentials = DeviceCredentials(config, self._secret)
-        self.link = agent_link(config, self.ctx.stats, self.credentials, self._on_connect)
+        self.control = ControlClient(config.device.code)
+        self.credentials = DeviceCredentials(config, self._secret, self.control)
+        self.desired_wanted = asyncio.Event()
+        self.link = agent_link(config, self.ctx.stats, self.credentials, self._on_connect,
+                               on_reconnect=self.desired_wanted.set)
+        self.control.link = self.link
+        self.ctx.desired_changed = self.desired_wanted.set
         self.dispatcher.take = self.link.take
         self.telemetry = Telemetry(self.ctx, self.link)
         self.collector = SystemCollector(config.exporters)
@@ -60,12 +71,9 @@ class AgentApp:
 
     async def start(self) -> None:
         await self._repair_creds()
-        await self.refresh_desired(restart=False)
         await self.link.start()
         self._start_jobs()
-        self.desired_task = asyncio.create_task(
-            every(DESIRED_CHECK, DESIRED_CHECK, self.refresh_desired, "desired-config"),
-            name="desired-config")
+        self.desired_task = asyncio.create_task(self._follow_desired(), name="desired-config")
         log.info("agent started", extra={"device": self.config.device.code,
                                          "version": VERSION})
 
@@ -82,18 +90,31 @@ class AgentApp:
         self.tasks = [asyncio.create_task(every(interval, delay, work, name), name=name)
                       for name, interval, delay, work in jobs]
 
+    async def _follow_desired(self) -> None:
+        """Fetch the desired config when asked (connect, hint) and every DESIRED_CHECK."""
+        while True:
+            try:
+                await asyncio.wait_for(self.desired_wanted.wait(),
+                                       DESIRED_CHECK * random.uniform(0.9, 1.1))
+            except TimeoutError:
+                pass
+            self.desired_wanted.clear()
+            try:
+                await self.refresh_desired()
+            except Exception:  # never fatal: the next hint or check tries again
+                log.exception("desired config check failed")
+            await asyncio.sleep(DESIRED_MIN_GAP)
+
     async def refresh_desired(self, restart: bool = True) -> None:
-        """Apply intervals/exporters from our device row; never fatal."""
+        """Apply intervals/exporters from our desired config; never fatal."""
         try:
-            record = await fetch_own_record(self.config.server.url, self.config.device.code,
-                                            self._secret())
-            merged = desired.merge(self.config, record.get("config"))
-        except (AgentError, OSError) as exc:
+            merged = desired.merge(self.config, await self.control.desired_config())
+        except (AgentError, ControlError) as exc:
             log.warning("desired config not applied", extra={"error": str(exc)})
             return
         if merged == self.config:
             return
-        log.info("applying desired config from PocketBase",
+        log.info("applying desired config from the control plane",
                  extra={"intervals": config_mod.to_dict(merged)["intervals"],
                         "exporters": list(merged.exporters)})
         self.config = self.ctx.config = merged
@@ -120,6 +141,7 @@ class AgentApp:
         await nc.flush()
         await asyncio.sleep(0)
         await nc.flush()
+        self.desired_wanted.set()  # a hint may have gone out while we were away
 
     # -- telemetry ------------------------------------------------------------------
 

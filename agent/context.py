@@ -42,3 +42,4 @@ class Context:
     nats_status: Callable[[], dict[str, Any]] = lambda: {"connected": False}
     inventory: Callable[[], Awaitable[dict[str, Any]]] | None = None
     rotate_creds: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    desired_changed: Callable[[], None] | None = None  # the `config` hint

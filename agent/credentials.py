@@ -21,10 +21,11 @@ import nkeys
 
 from agent.collectors.inventory import os_info
 from agent.context import VERSION
+from agent.control import ControlClient, ControlError
 from agent.errors import EnrollmentError
 from cairn_common import creds, filemodes, natsjwt, nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
-from cairn_common.renewable import RenewError, is_newer
+from cairn_common.renewable import RenewError, is_newer, lifetime
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -129,16 +130,22 @@ def write_creds(path: Path, jwt: str, seed: str) -> None:
 class DeviceCredentials:
     """The device's creds file as the supervised link's credentials (cairn_common/renewable).
 
-    Cached in memory (read at start and after every write here). Renewal registers our key
-    again through PocketBase and waits for a JWT newer than the stale one; a lock keeps a
-    renewal and a rotation from registering at the same time (the second one sees the
-    first one's JWT and is done)."""
+    Cached in memory (read at start and after every write here). Renewal asks the bridge
+    over our own NATS connection while the JWT we hold is still valid (agent/control.py:
+    no password, no bcrypt check in PocketBase). Only when the JWT expired, or there is
+    no connection to ask on, does it register our key again through PocketBase (a
+    password login) and wait for a JWT newer than the stale one. A lock keeps a renewal
+    and a rotation from registering at the same time (the second one sees the first
+    one's JWT and is done)."""
 
-    def __init__(self, config: AgentConfig, secret: Callable[[], str]) -> None:
+    def __init__(self, config: AgentConfig, secret: Callable[[], str],
+                 control: ControlClient | None = None) -> None:
         self.config = config
         self.secret = secret
+        self.control = control
         self.lock = asyncio.Lock()
         self._cached: tuple[str, str] | None = None
+        self.renewed = {"nats": 0, "password": 0}  # renewals by path (health, tests)
 
     @property
     def creds_path(self) -> Path:
@@ -171,8 +178,28 @@ class DeviceCredentials:
             self.reload()
             if is_newer(self.current()[0], stale):
                 return  # a rotation (or a renewal racing us) already brought one
-            log.info("renewing the NATS JWT through PocketBase")
             try:
-                await self.register(load_or_create_seed(self.seed_path), stale)
+                kp = load_or_create_seed(self.seed_path)
             except (EnrollmentError, OSError) as exc:
                 raise RenewError(str(exc)) from exc
+            if self.control is not None and self.control.usable and not _expired(stale):
+                try:
+                    token = await self.control.renew(kp.public_key.decode(), stale)
+                except ControlError as exc:  # the link tries again later, still no password
+                    raise RenewError(f"renewal over NATS: {exc}") from exc
+                self.store(token, kp.seed.decode())
+                self.renewed["nats"] += 1
+                log.info("NATS JWT renewed over NATS")
+                return
+            log.info("renewing the NATS JWT through PocketBase (it expired, or there is no "
+                     "connection to ask on)")
+            try:
+                await self.register(kp, stale)
+            except (EnrollmentError, OSError) as exc:
+                raise RenewError(str(exc)) from exc
+            self.renewed["password"] += 1
+
+
+def _expired(token: str) -> bool:
+    exp = lifetime(token)[1] if token else None
+    return exp is not None and exp <= time.time()

@@ -1,7 +1,8 @@
 """The agent's NATS connection: the shared supervised link (cairn_common/supervised.py) with
 every configured URL, TLS, the device's own inbox prefix, and its creds file.
 
-The link renews the JWT ahead of its expiry (through PocketBase, `DeviceCredentials`), and
+The link renews the JWT ahead of its expiry (over NATS while it is valid, through PocketBase
+once it expired: `DeviceCredentials`), and
 at once when the server says it expired or was revoked; it reopens after any close and
 never keeps two connections: commands are subscribed in a queue group, so while a renewed
 connection overlaps the old one for a moment, each request still reaches one of them.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 
 from agent.config import AgentConfig
 from agent.context import Stats
@@ -22,17 +24,21 @@ Link = SupervisedLink
 
 
 def agent_link(config: AgentConfig, stats: Stats, credentials: Renewable,
-               on_connect: OnConnect) -> Link:
+               on_connect: OnConnect, on_reconnect: Callable[[], None] | None = None) -> Link:
     settings = LinkSettings(
         name=f"cairn-agent/{config.device.code}", label="agent",
         servers=tuple(config.nats.urls),
         # the agent role subscribes only under its own prefix (no one reads its replies)
         inbox_prefix=device_inbox(config.device.code), tls=tls_context(config),
         ping_interval=20, max_outstanding_pings=3, reconnect_time_wait=1.0,
-        backoff_max=60.0,  # renewals go through PocketBase's rate-limited login
+        backoff_max=60.0,  # recovery from an expired JWT is a rate-limited PocketBase login
     )
-    return SupervisedLink(settings, credentials, on_connect,
-                          on_reconnect=lambda: stats.reconnect_times.append(time.monotonic()))
+    def reconnected() -> None:
+        stats.reconnect_times.append(time.monotonic())
+        if on_reconnect is not None:
+            on_reconnect()
+
+    return SupervisedLink(settings, credentials, on_connect, on_reconnect=reconnected)
 
 
 def tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:

@@ -27,12 +27,15 @@ from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.bootstrap import bootstrap, load_operator
 from pb_hooks_bridge.config import BridgeConfig
+from pb_hooks_bridge.conn_limits import ConnLimits
+from pb_hooks_bridge.device_ids import DeviceIds
+from pb_hooks_bridge.device_requests import DeviceRequests
 from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.freshness import Freshness
 from pb_hooks_bridge.identities import BRIDGE_USER, Identities
-from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, Lanes, Pool
+from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PERIODIC_RECONCILE = 600.0  # seconds; also renews service users and prunes revocations
 SWEEP = 30.0  # seconds between command-expiry / presence sweeps
+DEVICE_REQUESTS_IN_FLIGHT = 32  # renewals answered at once (device_requests.py)
 
 
 class Bridge:
@@ -80,18 +84,26 @@ class Bridge:
                                      cfg.user_jwt_ttl, SidecarBook(), self.freshness)
         # identity work never shares slots with command requests (which wait for replies)
         self.lanes = Lanes({IDENTITY: Pool(cfg.concurrency),
-                            COMMANDS: Pool(cfg.commands_in_flight, cfg.commands_per_tenant)})
+                            COMMANDS: Pool(cfg.commands_in_flight, cfg.commands_per_tenant),
+                            REQUESTS: Pool(DEVICE_REQUESTS_IN_FLIGHT)})
         self.tenants = Tenants(self.pb, self.accounts, self.pusher, self.identities,
                                self.links, self.audit, cfg.telemetry_max_age, self.lanes)
         self.commands = CommandDispatcher(self.pb, self.tenants, self.audit, self.lanes)
-        self.presence = Presence(self.pb, self.commands)
+        self.device_ids = DeviceIds(self.pb)
+        self.presence = Presence(self.pb, self.commands, self.device_ids)
+        self.device_requests = DeviceRequests(self.pb, self.identities, self.lanes,
+                                              self.links, self.device_ids,
+                                              self.tenants.account_for)
         self.links.on_connect.append(self.presence.watch)
+        self.links.on_connect.append(self.device_requests.watch)
         self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
-                                  self.lanes, self.commands, self.presence)
+                                  self.lanes, self.commands, self.presence,
+                                  self.device_requests)
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
                                      cfg.user_jwt_ttl)
         self.renewer = Renewer(cfg.user_jwt_ttl, self.renew_service_user)
+        self.conn_limits = ConnLimits(self.pb, self.accounts, lambda: self.nc)
         self.identities.watch_expiry = self.renewer.watch
         if hasattr(self.links, "refresh"):  # links ask when a renewed JWT is late
             self.links.refresh = self.refresh_bridge_user
@@ -156,6 +168,8 @@ class Bridge:
             background.start("reconcile-loop", self._reconcile_loop, self.stopping),
             background.start("sweep-loop", self._sweep_loop, self.stopping),
             background.start("service-renewal", self.renewer.run, self.stopping),
+            background.start("presence", self.presence.run, self.stopping),
+            background.start("conn-limits", self.conn_limits.run, self.stopping),
         ]
         await self.stopping.wait()
 

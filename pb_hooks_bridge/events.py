@@ -24,6 +24,8 @@ from typing import Any
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import Account
+from pb_hooks_bridge.device_changes import DeviceChanges
+from pb_hooks_bridge.device_requests import DeviceRequests
 from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.identities import Identities
@@ -49,8 +51,11 @@ ALWAYS_REREAD = {"nats_users", "tenants"}
 class EventRouter:
     def __init__(self, pb: PocketBase, tenants: Tenants, identities: Identities,
                  roles: RoleBook, lanes: Lanes, commands: CommandDispatcher,
-                 presence: Presence | None = None) -> None:
+                 presence: Presence | None = None,
+                 device_requests: DeviceRequests | None = None) -> None:
         self.pb = pb
+        self.changes = DeviceChanges()
+        self.device_requests = device_requests
         self.commands = commands
         self.tenants = tenants
         self.identities = identities
@@ -74,10 +79,12 @@ class EventRouter:
         self.fresh.saw(event.collection, record, deleted=deleted)  # at arrival: newest known
         if not deleted:  # delivered by the stream: the catch-up watermark may move
             self.fresh.advance(event.collection, record.get("updated", ""))
-        if (event.collection == "devices" and event.action in ("create", "delete")
-                and self.presence is not None):
-            self.presence.forget(record.get("tenant", ""), record.get("code", ""),
-                                 record.get("id", "") if deleted else "")
+        if event.collection == "devices":
+            if event.action == "update" and self.changes.presence_only(record):
+                metrics.EVENTS_SKIPPED.inc()  # e.g. our own last_seen write coming back
+                return
+            if event.action in ("create", "delete"):
+                self._forget_device(record, deleted)
         self.lanes.submit(f"{event.collection}:{record.get('id')}",
                           lambda: self.handle(event))
 
@@ -130,7 +137,20 @@ class EventRouter:
         account = await self.tenants.account_for(record.get("tenant", ""))
         if account is None:
             return "unchanged"  # its tenant is gone; the tenant's deletion revoked everything
-        return await self.identities.sync_device(account, record, deleted=deleted)
+        outcome = await self.identities.sync_device(account, record, deleted=deleted)
+        if (not deleted and self.device_requests is not None
+                and self.changes.config_changed(record) and record.get("status") == "active"):
+            await self.device_requests.hint(account, record.get("code", ""))
+        return outcome
+
+    def _forget_device(self, record: dict[str, Any], deleted: bool) -> None:
+        """A device row created or deleted: what was cached under its code or id goes."""
+        row_id = str(record.get("id") or "")
+        if self.presence is not None:
+            self.presence.forget(record.get("tenant", ""), record.get("code", ""),
+                                 row_id if deleted else "")
+        if deleted:
+            self.changes.forget(row_id)
 
     async def service_user(self, record: dict[str, Any], deleted: bool) -> str:
         account = await self.tenants.account_for(record.get("tenant", ""))

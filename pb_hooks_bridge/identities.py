@@ -209,11 +209,11 @@ class Identities:
                     return SUPERSEDED
             return "unchanged"
         token, expires = await self.sign(account, key, device["code"], perms, self.ttl, role)
-        if not await self._grant(device, {
-            "nats_jwt": token, "nats_jwt_expires": pb_date(expires) if expires else "",
-            "status": "active", "error": "",
-        }):
+        grant = {"nats_jwt": token, "nats_jwt_expires": pb_date(expires) if expires else "",
+                 "status": "active", "error": ""}
+        if not await self._grant(device, grant):
             return SUPERSEDED  # the JWT never left this process
+        device.update(grant)  # the caller's copy shows what is stored now (renewal answers)
         metrics.ISSUED.labels("device").inc()
         self.audit.record("user.issued", account.tenant_id, target,
                           {"public_key": key, "kind": "device", "reason": why, "role": role,

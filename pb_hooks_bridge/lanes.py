@@ -9,6 +9,8 @@ may overlap, up to a limit per pool, which is what makes bulk enrollment fast. P
 - `commands`: a command holds its slot until the device replies (up to its reply timeout,
   a minute or more for a hung `exec`), so this pool is also bounded per group (the
   tenant): one tenant's hung commands never hold another tenant's back.
+- `requests`: devices' renewals and config fetches; a burst of them (every agent
+  reconnecting after a NATS restart) never takes a slot from a revocation.
 
 A key's lock is taken before any slot, so work queued behind one busy record holds no slot.
 Work that must run inside another record's lane while it holds a slot (a tenant issuing
@@ -36,6 +38,7 @@ Work = Callable[[], Awaitable[T]]
 
 IDENTITY = "identity"
 COMMANDS = "commands"
+REQUESTS = "requests"  # what devices ask over NATS (device_requests.py)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ MIB = 1024 * 1024
 # tenants' quotas (CAIRN_NATS_MAX_FILE_STORE / CAIRN_NATS_MAX_MEMORY_STORE; see
 # docs/decisions/0003-bounded-tenant-storage.md).
 LIMIT_KEYS: dict[str, tuple[str, int]] = {
-    "max_connections": ("conn", 10_000),
+    # sized for a large fleet (20,000 agents), below one server's own 64K: one tenant
+    # never takes every connection (conn_limits.py shows it in tenants.error when reached)
+    "max_connections": ("conn", 25_000),
     "max_leafnodes": ("leaf", 0),
     "max_subscriptions": ("subs", -1),
     "max_payload": ("payload", MIB),

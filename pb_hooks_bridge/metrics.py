@@ -36,3 +36,19 @@ SUPERSEDED = Counter("cairn_bridge_writes_superseded_total",
                      ["collection"])
 BACKGROUND_FAILURES = Counter("cairn_bridge_background_failures_total",
                               "Failures of supervised background tasks (retried)", ["task"])
+DEVICE_REQUESTS = Counter(
+    "cairn_bridge_device_requests_total",
+    "Requests devices made over NATS (agents.<code>.ctl.*), by kind and outcome",
+    ["kind", "outcome"])
+PRESENCE_PENDING = Gauge("cairn_bridge_presence_pending",
+                         "Devices whose heartbeats wait for the next presence pass")
+PRESENCE_WRITE_FAILURES = Counter("cairn_bridge_presence_write_failures_total",
+                                  "Presence row writes that failed (retried on later beats)")
+EVENTS_SKIPPED = Counter("cairn_bridge_events_skipped_total",
+                         "Realtime events dropped at arrival because only presence fields "
+                         "changed (mostly the bridge's own last_seen writes)")
+ACCOUNT_CONNECTIONS = Gauge("cairn_bridge_account_connections",
+                            "NATS connections of a tenant's account (all servers)", ["tenant"])
+ACCOUNT_CONNECTION_LIMIT = Gauge("cairn_bridge_account_connection_limit",
+                                 "limits.max_connections of a tenant's account (-1: none)",
+                                 ["tenant"])

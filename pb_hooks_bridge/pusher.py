@@ -18,7 +18,7 @@ import nkeys
 from nats.aio.client import Client as NATS
 
 from cairn_common import natsjwt
-from cairn_common.pocketbase import PocketBase
+from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import MAX_IAT_LEAD, Account
 from pb_hooks_bridge.errors import BridgeError
@@ -67,9 +67,15 @@ class Pusher:
                 token = account.sign(self.operator)
                 # the row first: after a crash, PocketBase holds a JWT at least as new as
                 # the server's, so reconciliation never goes backwards
-                await self.pb.update("nats_accounts", account.row_id, {
-                    "jwt": token, "revocations": account.revocations,
-                })
+                try:
+                    await self.pb.update("nats_accounts", account.row_id, {
+                        "jwt": token, "revocations": account.revocations,
+                    })
+                except PocketBaseError as exc:
+                    if exc.status != 404:
+                        raise
+                    # the row went with its tenant (a cascade delete): this push, which
+                    # drops the tenant's connections, must still go out
             await self.send_update(account.jwt)
             account.pushed = target
             return signed

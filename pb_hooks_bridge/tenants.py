@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge.accounts import Account, AccountStore
 from pb_hooks_bridge.audit import AuditWriter
+from pb_hooks_bridge.conn_limits import is_limit_message
 from pb_hooks_bridge.identities import BRIDGE_ROLE, BRIDGE_USER, Identities
 from pb_hooks_bridge.lanes import Lanes
 from pb_hooks_bridge.limits import LimitsError
@@ -111,8 +112,8 @@ class Tenants:
         patch: dict[str, Any] = {}
         if tenant.get("nats_account_public_key") != account.public_key:
             patch["nats_account_public_key"] = account.public_key
-        if tenant.get("error"):
-            patch["error"] = ""
+        if tenant.get("error") and not is_limit_message(tenant["error"]):
+            patch["error"] = ""  # (the connection-limit message is conn_limits.py's own)
         if patch:
             self.identities.freshness.saw("tenants",
                                           await self.pb.update("tenants", tenant["id"], patch))

@@ -8,7 +8,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.commands import exec, health, inventory, logs, ping, rotate_creds, service
+from agent.commands import (
+    config,
+    exec,
+    health,
+    inventory,
+    logs,
+    ping,
+    rotate_creds,
+    service,
+)
 from agent.context import Context
 
 Handler = Callable[[dict[str, Any], Context], Awaitable[dict[str, Any]]]
@@ -21,4 +30,5 @@ COMMANDS: dict[str, Handler] = {
     "logs": logs.handle,
     "inventory": inventory.handle,
     "rotate_creds": rotate_creds.handle,
+    "config": config.handle,
 }
