@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from agent.errors import ConfigError
+from cairn_common.nats_urls import NatsUrlError, parse_nats_urls
 
 _INTERNAL = frozenset({"base_dir", "local_exporters"})  # not keys of the file
 CODE_PATTERN = re.compile(r"^[a-z0-9-]{3,64}$")
@@ -72,10 +73,13 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class NatsConfig:
+    # every node of the cluster (an entry may itself be a comma-separated list)
     urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     creds_file: str = "agent.creds"
     seed_file: str = "agent.nk"
     tls: TlsConfig = field(default_factory=TlsConfig)
+    # how often the link pings its server: a hung node is left after about 3 pings
+    ping_interval: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,12 @@ def from_dict(raw: Any, source: str = "agent.yaml", base_dir: Path = Path(".")) 
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     values = _build(AgentConfig, raw, source, "")
     config = AgentConfig(**values, base_dir=base_dir)
+    if config.nats.urls:  # none: _check says so
+        try:
+            urls = parse_nats_urls(config.nats.urls, f"{source}: nats.urls")
+        except NatsUrlError as exc:
+            raise ConfigError(str(exc)) from None
+        config = replace(config, nats=replace(config.nats, urls=urls))
     _check(config, source)
     return config
 
@@ -249,6 +259,9 @@ def human(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+PING_MIN, PING_MAX = 0.5, 600.0  # seconds, nats.ping_interval
+
+
 def _check(config: AgentConfig, source: str) -> None:
     code = config.device.code
     if not code:
@@ -257,6 +270,9 @@ def _check(config: AgentConfig, source: str) -> None:
         raise ConfigError(f"{source}: device.code {code!r} must match [a-z0-9-]{{3,64}}")
     if not config.nats.urls:
         raise ConfigError(f"{source}: nats.urls must list at least one server")
+    if not PING_MIN <= config.nats.ping_interval <= PING_MAX:
+        raise ConfigError(f"{source}: nats.ping_interval must be between {human(PING_MIN)} "
+                          f"and {human(PING_MAX)}")
     if config.commands.max_output_bytes < 1024:
         raise ConfigError(f"{source}: commands.max_output_bytes must be at least 1024")
     if config.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

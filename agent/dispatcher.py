@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from agent.commands import COMMANDS
 from agent.context import Context
 from agent.errors import CommandError
+from cairn_common.json_body import BodyError, parse_object
 from cairn_common.server_messages import server_header, server_reply
 
 log = logging.getLogger(__name__)
@@ -155,17 +156,10 @@ def not_a_request(reply: str | None, headers: Mapping[Any, str] | None) -> str |
 
 
 def decode(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_REQUEST_BYTES:
-        raise CommandError(f"request too large ({len(data)} bytes, max {MAX_REQUEST_BYTES})")
-    if not data.strip():
-        return {}
     try:
-        request = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandError(f"request is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise CommandError(f"request must be a JSON object, got {type(request).__name__}")
-    return request
+        return parse_object(data, MAX_REQUEST_BYTES)
+    except BodyError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def encode(reply: dict[str, Any], max_payload: int) -> bytes:

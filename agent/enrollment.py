@@ -20,6 +20,7 @@ from agent import config as config_mod
 from agent.credentials import load_or_create_seed, register_key, write_creds
 from agent.errors import ConfigError, EnrollmentError
 from cairn_common import filemodes
+from cairn_common.nats_urls import NatsUrlError, parse_nats_urls
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class EnrollRequest:
     server: str
     code: str
     directory: Path
-    nats_urls: tuple[str, ...]
+    nats_urls: tuple[str, ...]  # every node of the cluster; an entry may be "a,b,c"
     secret: str
     timeout: float = 60.0
 
@@ -68,6 +69,10 @@ async def enroll(req: EnrollRequest) -> Path:
     parsed = urlparse(req.server)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise EnrollmentError(f"--server {req.server!r} must be an http(s) URL")
+    try:
+        parse_nats_urls(req.nats_urls, "--nats")
+    except NatsUrlError as exc:
+        raise EnrollmentError(str(exc)) from None
     filemodes.private_dir(req.directory)
     config_path = req.directory / "agent.yaml"
     existing = _existing_config(config_path, req.code)
@@ -108,7 +113,8 @@ def render_config(req: EnrollRequest) -> str:
     doc = {
         "device": {"code": req.code},
         "server": {"url": req.server, "secret_file": "agent.secret"},
-        "nats": {"urls": list(req.nats_urls), "creds_file": "agent.creds",
+        "nats": {"urls": list(parse_nats_urls(req.nats_urls, "--nats")),
+                 "creds_file": "agent.creds",
                  "seed_file": "agent.nk"},
     }
     return (

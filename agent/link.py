@@ -30,7 +30,7 @@ def agent_link(config: AgentConfig, stats: Stats, credentials: Renewable,
         servers=tuple(config.nats.urls),
         # the agent role subscribes only under its own prefix (no one reads its replies)
         inbox_prefix=device_inbox(config.device.code), tls=tls_context(config),
-        ping_interval=20, max_outstanding_pings=3, reconnect_time_wait=1.0,
+        ping_interval=config.nats.ping_interval, max_outstanding_pings=3, reconnect_time_wait=1.0,
         backoff_max=60.0,  # recovery from an expired JWT is a rate-limited PocketBase login
     )
     def reconnected() -> None:

@@ -1,5 +1,11 @@
 """Heartbeat and telemetry publishing, with a small bounded buffer for unacknowledged
-JetStream messages (oldest dropped first, counted), sent again after reconnect."""
+JetStream messages (oldest dropped first, counted), sent again after reconnect.
+
+Every telemetry message gets its `Nats-Msg-Id` once, when it is made, and keeps it in the
+buffer: a resend after a lost ack is dropped by the stream's duplicate window instead of
+stored twice. While a replicated stream elects a new leader (4-6 s after its node died)
+publishes fail fast with "no stream response": those are retried with backoff (about 8 s
+in all) before the message waits for the next flush."""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
+from nats.js.errors import NoStreamResponseError
 
 from agent.context import VERSION, Context, Stats
 from agent.dispatcher import now_rfc3339
@@ -22,6 +30,8 @@ from agent.link import Link
 log = logging.getLogger(__name__)
 
 BUFFER = 500
+# seconds between tries while the stream has no leader (NoStreamResponseError)
+LEADERLESS_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -76,8 +86,7 @@ class Telemetry:
                 break
             item = self.buffer[0]
             try:
-                await nc.jetstream(timeout=5).publish(
-                    item.subject, item.payload, headers={"Nats-Msg-Id": item.msg_id})
+                await publish_acked(nc, item)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning("telemetry not acknowledged; kept for later",
                             extra={"subject": item.subject, "error": str(exc) or
@@ -86,6 +95,23 @@ class Telemetry:
             self.buffer.popleft()
         self.ctx.stats.telemetry_buffered = len(self.buffer)
         return not self.buffer
+
+
+async def publish_acked(nc: NATS, item: Pending,
+                        backoff: tuple[float, ...] = LEADERLESS_BACKOFF) -> None:
+    """One JetStream publish, tried again (same Nats-Msg-Id) while the stream is between
+    leaders; other errors, and the last "no stream response", are raised."""
+    js = nc.jetstream(timeout=5)
+    for pause in (*backoff, None):
+        try:
+            await js.publish(item.subject, item.payload, headers={"Nats-Msg-Id": item.msg_id})
+            return
+        except NoStreamResponseError:
+            if pause is None or not nc.is_connected:
+                raise
+            log.info("telemetry stream has no leader right now; retrying",
+                     extra={"subject": item.subject, "retry_in": pause})
+            await asyncio.sleep(pause)
 
 
 def heartbeat_doc(code: str, stats: Stats) -> dict[str, Any]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import sys
 
 from bench import (
     agent_bench,
     bridge_bulk,
     bridge_latency,
+    cluster,
     dispatch_bench,
+    fleet,
     guards_bench,
     router_bench,
     soak,
@@ -25,19 +29,28 @@ BENCHMARKS = {
     "router": lambda: router_bench.report(asyncio.run(router_bench.run())),
     "dispatch": lambda: dispatch_bench.report(asyncio.run(dispatch_bench.run())),
     "guards": lambda: guards_bench.report(guards_bench.run()),
+    "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
     # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)
     "soak": lambda: soak.report(asyncio.run(soak.run(SOAK_MINUTES))),
+    # not in the default run: 1,000 agents (~5 minutes); `python -m bench fleet --help`
+    "fleet": lambda: json.dumps(asyncio.run(fleet.run(fleet.parse(["--agents", "1000"]))),
+                                indent=2),
 }
-DEFAULT = [n for n in BENCHMARKS if n != "soak"]
+NOT_DEFAULT = {"soak", "fleet"}
+DEFAULT = [n for n in BENCHMARKS if n not in NOT_DEFAULT]
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["fleet"]:  # the fleet simulator has options of its own
+        fleet.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Run Cairn's benchmarks against real servers they start themselves. "
         "Record the figures in docs/benchmarks.md.")
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"which to run (default: all but soak): {', '.join(BENCHMARKS)}")
+                        help="which to run (default: all but soak and fleet): "
+                        f"{', '.join(BENCHMARKS)}")
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:

@@ -146,3 +146,21 @@ def metric_sum(port: str, name: str, label: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") and label in line)
+
+
+def pids_by_role(root_pid: int) -> list[tuple[str, int]]:
+    """(role, pid) of each stack process below `root_pid` (one entry per nats-server node)."""
+    out: list[tuple[str, int]] = []
+    todo = [root_pid] if root_pid else []
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+        role = next((r for r in PROCESSES if r in cmdline), None)
+        if role is not None and pid != root_pid:
+            out.append((role, pid))
+    return out

@@ -379,8 +379,13 @@ class SupervisedLink:
             if nc is self._nc:
                 self._wake.set()
 
+        # Spread links over a cluster's nodes here, and keep that order: nats-py shuffles
+        # the whole pool again on every reconnect, so a third of the time it first retried
+        # the node just lost (after reconnect_time_wait; a hung one costs connect_timeout).
+        servers = random.sample(s.servers, len(s.servers))
         options: dict[str, Any] = {
-            "servers": list(s.servers), "name": s.name, "user_jwt_cb": user_jwt_cb,
+            "servers": servers, "dont_randomize": True, "name": s.name,
+            "user_jwt_cb": user_jwt_cb,
             "signature_cb": signature_cb, "allow_reconnect": True,
             # the first connect gives up after two tries per server, so the supervisor can
             # renew refused credentials and back off; once up, reconnect forever

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         "state under $CAIRN_DATA_DIR (default ./data). Stop with Ctrl-C.",
         epilog="Settings (environment): CAIRN_DATA_DIR, CAIRN_NATS_PORT (4222), "
         "CAIRN_NATS_MONITOR_PORT (8222), CAIRN_PB_PORT (8090), CAIRN_ADMIN_EMAIL, "
-        "CAIRN_ADMIN_PASSWORD, CAIRN_DEMO (1).",
+        "CAIRN_ADMIN_PASSWORD, CAIRN_DEMO (1), CAIRN_NATS_NODES (1; 3 runs a local "
+        "cluster, node i on each NATS port + i-1), CAIRN_NATS_CLUSTER_PORT (6222).",
     )
     parser.parse_args(argv)
     logs.setup("stack")

@@ -25,6 +25,7 @@ from cairn_common import filemodes
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBaseError
 from cairn_stack import demo, superuser
+from cairn_stack.cluster import cluster_conf, plan_nodes, start_cluster
 from cairn_stack.nats import start_nats
 from cairn_stack.pocketbase import start_pocketbase, upsert_superuser
 from cairn_stack.processes import CHILD_UMASK, ManagedProcess, ProcessError, tcp_open
@@ -48,8 +49,7 @@ class Stack:
     def start(self) -> None:
         s = self.settings
         busy = [f"{name}={port}" for name, port in (
-            ("CAIRN_NATS_PORT", s.nats_port),
-            ("CAIRN_NATS_MONITOR_PORT", s.nats_monitor_port),
+            *s.nats_ports(),
             ("CAIRN_PB_PORT", s.pb_port),
             ("CAIRN_BRIDGE_METRICS_PORT", s.bridge_metrics_port),
             ("CAIRN_ROUTER_METRICS_PORT", s.router_metrics_port),
@@ -67,8 +67,7 @@ class Stack:
         result = bootstrap(self.layout)
         say(f"      {'created' if result.changed else 'unchanged'}: operator "
             f"{result.operator_public[:12]}…, system account {result.system_account[:12]}…")
-        say(f"[2/5] nats-server on {s.nats_url} (monitoring http://127.0.0.1:{s.nats_monitor_port})")
-        self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
+        self.start_nats()
         say(f"[3/5] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
         self.admin = superuser.resolve(s, self.layout)
         upsert_superuser(self.layout, self.admin.email, self.admin.password)
@@ -86,6 +85,21 @@ class Stack:
             self.children.append(agent)
             agent.wait_until(lambda: _pings(s, self.demo), 30, "the demo agent answering ping")
 
+    def start_nats(self) -> None:
+        s = self.settings
+        if s.nats_nodes == 1:
+            say(f"[2/5] nats-server on {s.nats_url} (monitoring "
+                f"http://127.0.0.1:{s.nats_monitor_port})")
+            self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
+            return
+        nodes = plan_nodes(self.layout, s.nats_nodes, s.nats_port, s.nats_monitor_port,
+                           s.nats_cluster_port)
+        say(f"[2/5] nats-server cluster of {len(nodes)} nodes (streams R{s.nats_replicas}):")
+        for node in nodes:
+            say(f"      {node.name}: {node.url} (monitoring {node.monitor_url}, "
+                f"routes {node.route}, state in {node.directory})")
+        self.children.extend(start_cluster(self.layout, nodes))
+
     def banner(self) -> None:
         s = self.settings
         say("")
@@ -97,27 +111,40 @@ class Stack:
         else:
             say(f"  Login:      {self.admin.email} (password from "
                 f"{'CAIRN_ADMIN_PASSWORD' if s.admin_password else self.layout.superuser_file})")
-        say(f"  NATS:       {s.nats_url}")
+        say(f"  NATS:       {s.nats_url_list}")
         say(f"  Logs:       {self.layout.logs_dir}/")
         if self.demo is not None:
             creds = self.demo.admin_creds
             say("")
             say("Demo fleet: tenant 'demo', device 'demo-1' (a local cairn-agent); rule "
                 "'high-cpu' publishes alerts.demo-1.high-cpu when cpu_percent > 90.")
-            say(f"  Ping it:    .venv/bin/cairn-request --server {s.nats_url} --creds {creds} "
-                "agents.demo-1.cmd.ping")
-            say(f"  or, with the nats CLI:  nats --server {s.nats_url} --creds {creds} "
+            say(f"  Ping it:    .venv/bin/cairn-request --server {s.nats_url_list} --creds "
+                f"{creds} agents.demo-1.cmd.ping")
+            say(f"  or, with the nats CLI:  nats --server {s.nats_url_list} --creds {creds} "
                 "request agents.demo-1.cmd.ping '{}'")
         say("Press Ctrl-C to stop.")
 
     def wait(self) -> int:
-        """Block until a signal (exit 0) or an unexpected child exit (exit 1)."""
+        """Block until a signal (exit 0) or an unexpected child exit (exit 1). In cluster
+        mode a NATS node's exit is reported and the others carry on (that is what the
+        cluster is for); the stack stops when no node is left."""
+        reported: set[int] = set()
         while not self.stopping.wait(0.5):
             for child in self.children:
-                if not child.running:
-                    say(f"{child.name} exited unexpectedly; last log lines:\n{child.log_tail(20)}")
+                if child.running or id(child) in reported:
+                    continue
+                say(f"{child.name} exited unexpectedly; last log lines:\n{child.log_tail(20)}")
+                if not self._cluster_node(child):
                     return 1
+                reported.add(id(child))
+                if not any(c.running for c in self.children if self._cluster_node(c)):
+                    say("no NATS node left")
+                    return 1
+                say("the other NATS nodes carry on; restart the stack to bring it back")
         return 0
+
+    def _cluster_node(self, child: ManagedProcess) -> bool:
+        return self.settings.nats_nodes > 1 and child.name.startswith("nats-server ")
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -135,7 +162,8 @@ def secure_data_dir(layout: DataLayout) -> list[Path]:
         changed += filemodes.tighten_tree(entry)
     filemodes.check_private(layout.root, "the Cairn data directory")
     for entry in layout.private_entries:
-        filemodes.check_tree(entry, f"Cairn's {entry.name}", links=(layout.nats_conf,))
+        filemodes.check_tree(entry, f"Cairn's {entry.name}",
+                             links=(layout.nats_conf, cluster_conf(layout)))
     return changed
 
 
@@ -145,7 +173,7 @@ def _pings(settings: StackSettings, demo_fleet: demo.Demo) -> bool:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "cairn_stack.request", "--server", settings.nats_url,
+        [sys.executable, "-m", "cairn_stack.request", "--server", settings.nats_url_list,
          "--creds", str(demo_fleet.admin_creds), "--timeout", "1", "agents.demo-1.cmd.ping"],
         capture_output=True, text=True, timeout=15)
     try:

@@ -84,7 +84,7 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
     agent_dir = demo_dir / "agent"
     config = _agent_config(agent_dir, settings, layout)
     await enroll(EnrollRequest(server=settings.pb_url, code=DEVICE, directory=agent_dir,
-                               nats_urls=(settings.nats_url,), secret=secret))
+                               nats_urls=settings.nats_urls, secret=secret))
     return Demo(config, admin_creds)
 
 
@@ -129,7 +129,7 @@ def _agent_config(agent_dir: Path, settings: StackSettings, layout: DataLayout) 
         doc = {
             "device": {"code": DEVICE},
             "server": {"url": settings.pb_url, "secret_file": "agent.secret"},
-            "nats": {"urls": [settings.nats_url], "creds_file": "agent.creds",
+            "nats": {"urls": list(settings.nats_urls), "creds_file": "agent.creds",
                      "seed_file": "agent.nk"},
             "intervals": {"heartbeat": "60s", "system": "5m", "service": "60s",
                           "inventory": "24h"},
@@ -138,9 +138,27 @@ def _agent_config(agent_dir: Path, settings: StackSettings, layout: DataLayout) 
             "services": {"allowed": ["cron", "ssh"], "watch": []},
             "logs": {"allowed_paths": [str(layout.logs_dir / "*.log")]},
         }
-        write_private(path, "# Demo agent for `make run` (edit freely; kept across runs).\n"
-                      + yaml.safe_dump(doc, sort_keys=False))
+        write_private(path, HEADER + yaml.safe_dump(doc, sort_keys=False))
+    else:
+        _follow_nodes(path, settings)
     return path
+
+
+HEADER = "# Demo agent for `make run` (edit freely; kept across runs).\n"
+
+
+def _follow_nodes(path: Path, settings: StackSettings) -> None:
+    """Keep the demo agent's `nats.urls` in step with CAIRN_NATS_NODES (one node, or every
+    node of the local cluster); the rest of the file is left as it is."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        nats = doc.setdefault("nats", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return  # the agent reports a broken file itself
+    if not isinstance(nats, dict) or nats.get("urls") == list(settings.nats_urls):
+        return
+    nats["urls"] = list(settings.nats_urls)
+    write_private(path, HEADER + yaml.safe_dump(doc, sort_keys=False))
 
 
 async def _provisioned(pb: PocketBase, tenant_id: str) -> bool:

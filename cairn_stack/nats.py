@@ -22,28 +22,39 @@ def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedPro
     Its JetStream store and resolver are 0700 (the process runs with umask 077)."""
     for directory in (layout.nats_dir, layout.nats_store_dir, layout.nats_resolver_dir):
         private_dir(directory)
-    link = layout.nats_conf
-    if link.is_symlink() or link.exists():
-        if not link.is_symlink() or os.readlink(link) != str(REPO_NATS_CONF):
-            link.unlink()
-    if not link.exists():
-        link.symlink_to(REPO_NATS_CONF)
+    link = link_config(layout.nats_conf, REPO_NATS_CONF)
     return ManagedProcess(
         name="nats-server",
         argv=[binary("nats-server"), "-c", str(link)],
         log_path=layout.logs_dir / "nats-server.log",
-        env={
-            "CAIRN_NATS_PORT": str(port),
-            "CAIRN_NATS_MONITOR_PORT": str(monitor_port),
-            "CAIRN_NATS_STORE_DIR": str(layout.nats_store_dir),
-            "CAIRN_NATS_RESOLVER_DIR": str(layout.nats_resolver_dir),
-            # every tenant's JetStream quota is reserved against these (limits.py)
-            "CAIRN_NATS_MAX_FILE_STORE": os.environ.get("CAIRN_NATS_MAX_FILE_STORE")
-            or DEFAULT_MAX_FILE_STORE,
-            "CAIRN_NATS_MAX_MEMORY_STORE": os.environ.get("CAIRN_NATS_MAX_MEMORY_STORE")
-            or DEFAULT_MAX_MEMORY_STORE,
-        },
+        env=server_env(port, monitor_port, layout.nats_store_dir, layout.nats_resolver_dir),
     )
+
+
+def server_env(port: int, monitor_port: int, store_dir: Path, resolver_dir: Path,
+               ) -> dict[str, str]:
+    """The $CAIRN_NATS_* variables nats-server.conf reads."""
+    return {
+        "CAIRN_NATS_PORT": str(port),
+        "CAIRN_NATS_MONITOR_PORT": str(monitor_port),
+        "CAIRN_NATS_STORE_DIR": str(store_dir),
+        "CAIRN_NATS_RESOLVER_DIR": str(resolver_dir),
+        # every tenant's JetStream quota is reserved against these (limits.py)
+        "CAIRN_NATS_MAX_FILE_STORE": os.environ.get("CAIRN_NATS_MAX_FILE_STORE")
+        or DEFAULT_MAX_FILE_STORE,
+        "CAIRN_NATS_MAX_MEMORY_STORE": os.environ.get("CAIRN_NATS_MAX_MEMORY_STORE")
+        or DEFAULT_MAX_MEMORY_STORE,
+    }
+
+
+def link_config(link: Path, target: Path) -> Path:
+    """`link` -> `target` (the repository's config), so includes resolve beside `link`."""
+    if link.is_symlink() or link.exists():
+        if not link.is_symlink() or os.readlink(link) != str(target):
+            link.unlink()
+    if not link.exists():
+        link.symlink_to(target)
+    return link
 
 
 def start_nats(
@@ -51,11 +62,11 @@ def start_nats(
 ) -> ManagedProcess:
     proc = nats_process(layout, port, monitor_port)
     proc.start()
-    _ready_or_stop(proc, timeout, monitor_port)
+    ready_or_stop(proc, timeout, monitor_port)
     return proc
 
 
-def _ready_or_stop(proc: ManagedProcess, timeout: float, monitor_port: int) -> None:
+def ready_or_stop(proc: ManagedProcess, timeout: float, monitor_port: int) -> None:
     """Wait for health; a server that never gets there is stopped, not left behind."""
     # js-server-only: a stream left on disk by a deleted tenant's account must not make the
     # server look unhealthy (that account is gone from the resolver on purpose)

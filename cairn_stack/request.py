@@ -13,6 +13,8 @@ import sys
 
 import nats
 
+from cairn_common.nats_urls import NatsUrlError, parse_nats_urls
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cairn-request",
@@ -20,13 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("subject", help="e.g. agents.demo-1.cmd.ping")
     parser.add_argument("payload", nargs="?", default="{}", help="JSON body ({})")
     parser.add_argument("--creds", required=True, help="a .creds file issued by Cairn")
-    parser.add_argument("--server", default="nats://127.0.0.1:4222", help="NATS URL")
+    parser.add_argument("--server", default="nats://127.0.0.1:4222",
+                        help="NATS URL, or a comma-separated list (a cluster)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
     args = parser.parse_args(argv)
     try:
         json.loads(args.payload)
     except ValueError as exc:
         print(f"error: payload is not JSON: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.servers = list(parse_nats_urls(args.server, "--server"))
+    except NatsUrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         reply = asyncio.run(_request(args))
@@ -44,7 +52,7 @@ async def _request(args: argparse.Namespace) -> bytes:
     async def quiet(exc: Exception) -> None:
         return None
 
-    nc = await nats.connect(args.server, user_credentials=args.creds, allow_reconnect=False,
+    nc = await nats.connect(args.servers, user_credentials=args.creds, allow_reconnect=False,
                             connect_timeout=5, error_cb=quiet)
     try:
         msg = await nc.request(args.subject, args.payload.encode(), timeout=args.timeout)

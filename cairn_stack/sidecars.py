@@ -29,7 +29,8 @@ def base_env(settings: StackSettings) -> dict[str, str]:
     return {
         "CAIRN_DATA_DIR": str(settings.data_dir),
         "CAIRN_PB_URL": settings.pb_url,
-        "CAIRN_NATS_URL": settings.nats_url,
+        "CAIRN_NATS_URL": settings.nats_url_list,  # every node in cluster mode
+        "CAIRN_NATS_REPLICAS": str(settings.nats_replicas),
     }
 
 

@@ -13,12 +13,22 @@ from pathlib import Path
 from cairn_common import logs
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge import backup_cli
 from pb_hooks_bridge.app import Bridge
 from pb_hooks_bridge.bootstrap import bootstrap, check_secrets
+from pb_hooks_bridge.bulk_devices import (
+    DEFAULT_CHUNK,
+    DEFAULT_CONCURRENCY,
+    MAX_COUNT,
+    BulkRequest,
+    codes_from_file,
+    codes_from_prefix,
+    run_cli,
+)
 from pb_hooks_bridge.config import BridgeConfig
 from pb_hooks_bridge.config import load as load_config
 from pb_hooks_bridge.errors import BridgeError
-from pb_hooks_bridge.reconcile import Summary
+from pb_hooks_bridge.leader import RECONCILE
 from pb_hooks_bridge.sidecar_logins import ensure_sidecar_login
 
 
@@ -50,26 +60,74 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument("--kind", default="router", choices=["router"], help="(router)")
     login.add_argument("--out", type=Path, required=True,
                        help="login file to write (then CAIRN_ROUTER_LOGIN_FILE for the router)")
+    _bulk_parser(sub)
+    backup_cli.add_parsers(sub)
     return parser
 
 
+def _bulk_parser(sub: argparse._SubParsersAction) -> None:
+    bulk = sub.add_parser(
+        "devices-bulk", help="create N device rows in one tenant, each with its own random "
+        "enrollment secret, and write code,secret,tenant to a 0600 CSV for the installer",
+        description="Creates device rows through PocketBase's batch API (superuser login, as "
+        "the bridge uses). Existing codes are reported and skipped. The CSV holds the only "
+        "copy of the secrets: it is written 0600 and never overwritten without --force.")
+    bulk.add_argument("--tenant", required=True, metavar="SLUG", help="tenant slug")
+    which = bulk.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prefix", metavar="P", help="codes P-00001 ... (with --count)")
+    which.add_argument("--codes", type=Path, metavar="FILE", help="one code per line")
+    bulk.add_argument("--count", type=int, metavar="N",
+                      help=f"how many devices with --prefix (1..{MAX_COUNT})")
+    bulk.add_argument("--name-prefix", default="", help="device name = NAME_PREFIX + code")
+    bulk.add_argument("--out", type=Path, required=True, metavar="CSV",
+                      help="CSV to write (code,secret,tenant; mode 0600)")
+    bulk.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    bulk.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                      help=f"rows per batch request ({DEFAULT_CHUNK}; at most PocketBase's "
+                      "batch maxRequests)")
+    bulk.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                      help=f"batches in flight at once ({DEFAULT_CONCURRENCY})")
+
+
+def _bulk_request(args: argparse.Namespace) -> BulkRequest:
+    if args.prefix is not None:
+        if args.count is None:
+            raise BridgeError(f"--prefix needs --count N (1..{MAX_COUNT})")
+        codes = codes_from_prefix(args.prefix, args.count)
+    else:
+        if args.count is not None:
+            raise BridgeError("--count goes with --prefix, not with --codes")
+        codes = codes_from_file(args.codes)
+    return BulkRequest(tenant=args.tenant, codes=codes, out=args.out, force=args.force,
+                       name_prefix=args.name_prefix, chunk=args.chunk,
+                       concurrency=args.concurrency)
+
+
 async def _run(config: BridgeConfig) -> None:
-    bridge = Bridge(config)
+    """Lead, or stand by until this bridge may (leader.py). A bridge that loses the lease
+    stops everything it did and stands by again, as a fresh Bridge."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, bridge.stopping.set)
-    try:
-        await bridge.start()
-        await bridge.run()
-    finally:
-        await bridge.stop()
+    while True:
+        bridge = Bridge(config)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, bridge.stopping.set)
+        try:
+            await bridge.start()
+            await bridge.run()
+        finally:
+            await bridge.stop()
+        if not bridge.lost_lease:
+            return
 
 
-async def _reconcile(config: BridgeConfig) -> Summary:
+async def _reconcile(config: BridgeConfig) -> str:
+    """A full pass: by the leading bridge when one runs (asked over NATS), else here."""
     bridge = Bridge(config)
     try:
-        await bridge.start()
-        return await bridge.reconcile()
+        await bridge.start(standby=False)
+        if bridge.leading:
+            return (await bridge.reconcile()).line()
+        return await bridge.leadership.ask(RECONCILE, timeout=600)
     finally:
         await bridge.stop()
 
@@ -100,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup("bridge", args.log_level)
     layout = DataLayout(args.data_dir.resolve())
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.main(args, layout)
     try:
         if args.command == "bootstrap":
             result = bootstrap(layout)
@@ -107,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"operator {result.operator_public}\nsystem account {result.system_account}\n"
                   f"{state}")
             return 0
+        request = _bulk_request(args) if args.command == "devices-bulk" else None
         check_secrets(layout)  # before anything reads the login or a seed
         config = load_config(data_dir=args.data_dir,
                              metrics_port=getattr(args, "metrics_port", None))
@@ -114,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_run(config))
             return 0
         if args.command == "reconcile":
-            summary = asyncio.run(_reconcile(config))
-            print(summary.line())
+            print(asyncio.run(_reconcile(config)))
             return 0
         if args.command == "sidecar-login":
             changed = asyncio.run(_sidecar_login(config, args.name, args.kind, args.out))
             print(f"{args.out}: {'written' if changed else 'unchanged (still logs in)'}")
+            return 0
+        if request is not None:
+            result = asyncio.run(run_cli(config.pb_url, config.admin_email,
+                                         config.admin_password, request))
+            print(f"{result.line()}\n{request.out}: {len(result.created)} secrets (0600)")
             return 0
         print(asyncio.run(_creds(config, args.tenant, args.name)), end="")
         return 0

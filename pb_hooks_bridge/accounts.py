@@ -25,6 +25,9 @@ ALL_USERS = "*"  # NATS revocation key that revokes every user JWT issued before
 # iat (seconds), so one push per revocation runs ahead of the clock under churn; past this
 # lead, pushes are paced to one a second (each still carrying every pending change).
 MAX_IAT_LEAD = 600
+# JetStream account limits that a replicated stream uses once per replica: the tenant's
+# quota (tenants.limits) is what it may keep, so the JWT says quota x replicas
+STORAGE_LIMITS = ("disk_storage", "mem_storage")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Account:
     pushed: int = 0  # change generation known to be on the server
     server_checked: bool = False  # last_iat includes the server's copy (PocketBase restores)
     telemetry_max_bytes: int = limits_mod.STREAM_KEYS["telemetry_max_bytes"]
+    replicas: int = 1  # of the tenant's streams; the JWT's storage limits count every copy
 
     @property
     def public_key(self) -> str:
@@ -56,6 +60,10 @@ class Account:
     def desired_claims(self) -> dict[str, Any]:
         revocations = dict(self.revocations)
         nats_limits = dict(self.limits)
+        if self.replicas > 1:  # nats-server counts each replica against the account
+            for key in STORAGE_LIMITS:
+                if nats_limits.get(key, -1) > 0:
+                    nats_limits[key] *= self.replicas
         if not self.active:
             nats_limits.update(limits_mod.DISABLED_LIMITS)
             revocations[ALL_USERS] = max(revocations.get(ALL_USERS, 0), int(time.time()))
@@ -114,8 +122,9 @@ def _strip(claims: dict[str, Any], *drop_nats: str) -> dict[str, Any]:
 class AccountStore:
     """tenant id -> Account, loaded from or created in `nats_accounts`."""
 
-    def __init__(self, pb: PocketBase) -> None:
+    def __init__(self, pb: PocketBase, replicas: int = 1) -> None:
         self.pb = pb
+        self.replicas = replicas  # of every tenant's streams (CAIRN_NATS_REPLICAS)
         self.by_tenant: dict[str, Account] = {}
         self._creating: dict[str, asyncio.Lock] = {}
 
@@ -138,6 +147,7 @@ class AccountStore:
         account.slug = tenant["slug"]
         account.limits = parsed_limits
         account.telemetry_max_bytes = limits_mod.telemetry_max_bytes(tenant.get("limits"))
+        account.replicas = self.replicas
         account.active = bool(tenant.get("active"))
         return account
 

@@ -26,6 +26,7 @@ from pb_hooks_bridge import background
 from pb_hooks_bridge.accounts import AccountStore
 from pb_hooks_bridge.audit import AuditWriter
 from pb_hooks_bridge.bootstrap import bootstrap, load_operator
+from pb_hooks_bridge.cluster_watch import ClusterWatch
 from pb_hooks_bridge.config import BridgeConfig
 from pb_hooks_bridge.conn_limits import ConnLimits
 from pb_hooks_bridge.device_ids import DeviceIds
@@ -36,6 +37,7 @@ from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.freshness import Freshness
 from pb_hooks_bridge.identities import BRIDGE_USER, Identities
 from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
+from pb_hooks_bridge.leader import RECONCILE, Leadership, LeaseLost
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PERIODIC_RECONCILE = 600.0  # seconds; also renews service users and prunes revocations
 SWEEP = 30.0  # seconds between command-expiry / presence sweeps
+_METRICS_SERVED: set[int] = set()
 DEVICE_REQUESTS_IN_FLIGHT = 32  # renewals answered at once (device_requests.py)
 
 
@@ -64,20 +67,36 @@ class Bridge:
         self.started_at = time.time()
         self._commands_recovered = False
         self._full_pass_done = False  # the first realtime connect always runs a full pass
+        self.leadership = Leadership(config.nats_urls, config.nats_replicas)
+        self.leading = False
+        self.lost_lease = False  # set when the lease went: the process stands by again
 
-    async def start(self) -> None:
+    async def start(self, standby: bool = True) -> None:
+        """Everything, once this bridge leads (with `standby=False`: only if the lease is
+        free now; else `leading` stays False)."""
         cfg = self.config
         result = bootstrap(cfg.layout)  # idempotent; refuses to replace lost keys
         operator = load_operator(cfg.layout)
+        self.nc = await self._connect_sys()
+        # one bridge leads, others wait here (leader.py); only the leader does anything
+        if cfg.metrics_port and cfg.metrics_port not in _METRICS_SERVED:
+            start_http_server(cfg.metrics_port, addr="127.0.0.1")  # a standby shows too
+            _METRICS_SERVED.add(cfg.metrics_port)  # (once per process: a lost lease restarts)
+        if not await self.leadership.stand(self.nc, operator, cfg.layout, self.stopping,
+                                           wait=standby):
+            return
+        self.leading = True
+        self.started_at = time.time()  # rows "sent" before this are the old leader's
         await self._login()
         await self._enable_batch_api()
-        self.nc = await self._connect_sys()
         self.audit = AuditWriter(self.pb)
         self.audit.start()
         self.roles = RoleBook()
-        self.accounts = AccountStore(self.pb)
+        self.accounts = AccountStore(self.pb, replicas=cfg.nats_replicas)
         self.pusher = Pusher(self.nc, self.pb, operator, result.system_account,
                              window=cfg.push_window)
+        self.pusher.guard = self.leadership.lease.check  # a paused ex-leader never pushes
+        self.cluster = ClusterWatch(self.pusher, self.accounts)  # re-push to returning nodes
         self.links = TenantLinks(cfg.nats_url)
         self.freshness = Freshness()
         self.identities = Identities(self.pb, self.pusher, self.roles, self.audit,
@@ -102,13 +121,13 @@ class Bridge:
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
                                      cfg.user_jwt_ttl)
+        if self.leadership.control is not None:
+            self.reconciler.own_accounts.add(self.leadership.control.public_key)
         self.renewer = Renewer(cfg.user_jwt_ttl, self.renew_service_user)
         self.conn_limits = ConnLimits(self.pb, self.accounts, lambda: self.nc)
         self.identities.watch_expiry = self.renewer.watch
         if hasattr(self.links, "refresh"):  # links ask when a renewed JWT is late
             self.links.refresh = self.refresh_bridge_user
-        if cfg.metrics_port:
-            start_http_server(cfg.metrics_port, addr="127.0.0.1")
 
     async def reconcile(self) -> Summary:
         """Identities first, then commands: expire, give up on orphaned `sent` rows, and
@@ -160,8 +179,11 @@ class Bridge:
             await self.renew_service_user(row["id"], tenant_id)
 
     async def run(self) -> None:
-        """Follow events until stop() is called."""
+        """Follow events until stop() is called (or the leader lease is lost)."""
+        if not self.leading:
+            return
         self.tasks = [
+            background.start("leader-lease", self._keep_lease, self.stopping),
             background.start("follow", lambda: follow(self.pb, self.router,
                                                       self.on_realtime_connect, self.stopping),
                              self.stopping),
@@ -170,8 +192,20 @@ class Bridge:
             background.start("service-renewal", self.renewer.run, self.stopping),
             background.start("presence", self.presence.run, self.stopping),
             background.start("conn-limits", self.conn_limits.run, self.stopping),
+            background.start("cluster-watch", self.cluster.run, self.stopping),
         ]
+        await self.leadership.serve(RECONCILE, self._reconcile_text)
         await self.stopping.wait()
+
+    async def _reconcile_text(self) -> str:
+        return (await self.reconcile()).line()
+
+    async def _keep_lease(self) -> None:
+        try:
+            await self.leadership.lease.keep()
+        except LeaseLost:
+            self.lost_lease = True
+            self.stopping.set()
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -182,6 +216,10 @@ class Bridge:
             await self.audit.stop()
         if hasattr(self, "links"):
             await self.links.close_all()
+        if not self.lost_lease:
+            await self.leadership.close()  # a standby takes over at once
+        elif self.leadership.link is not None:
+            await self.leadership.link.stop(grace=0.1)
         if hasattr(self, "sys_link"):
             await self.sys_link.stop()
         await self.pb.close()

@@ -20,6 +20,10 @@ def _digest(value: Any) -> int:
     return hash(json.dumps(value, sort_keys=True, default=str))
 
 
+def _shape(record: dict[str, Any]) -> int:
+    return _digest({k: v for k, v in record.items() if k not in PRESENCE_FIELDS})
+
+
 class DeviceChanges:
     def __init__(self) -> None:
         self.shapes: dict[str, int] = {}  # device id -> digest of all but presence fields
@@ -29,10 +33,15 @@ class DeviceChanges:
         """True when this version differs from the last one seen only in presence fields
         (remembers it either way)."""
         row_id = str(record.get("id") or "")
-        shape = _digest({k: v for k, v in record.items() if k not in PRESENCE_FIELDS})
+        shape = _shape(record)
         same = self.shapes.get(row_id) == shape
         self.shapes[row_id] = shape
         return same
+
+    def remember(self, record: dict[str, Any]) -> None:
+        """A version applied from a listing (a pass): later presence echoes match it."""
+        if record.get("id"):
+            self.shapes[str(record["id"])] = _shape(record)
 
     def config_changed(self, record: dict[str, Any]) -> bool:
         """True when `config` differs from the version seen before (not for the first one

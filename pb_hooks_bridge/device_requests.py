@@ -34,6 +34,7 @@ from cairn_common.device_control import (
     MAX_REQUEST_BYTES,
     hint_subject,
 )
+from cairn_common.json_body import BodyError, parse_object
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from cairn_common.renewable import is_newer
 from cairn_common.server_messages import server_header, server_reply
@@ -181,17 +182,10 @@ class DeviceRequests:
 
 
 def _parse(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_REQUEST_BYTES:
-        raise Refused(f"request of {len(data)} bytes; at most {MAX_REQUEST_BYTES}")
-    if not data.strip():
-        return {}
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"request is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise Refused(f"request must be a JSON object, got {type(doc).__name__}")
-    return doc
+        return parse_object(data, MAX_REQUEST_BYTES)
+    except BodyError as exc:
+        raise Refused(str(exc)) from None
 
 
 def _when(exp: Any) -> str:

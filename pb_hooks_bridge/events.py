@@ -138,6 +138,8 @@ class EventRouter:
         if account is None:
             return "unchanged"  # its tenant is gone; the tenant's deletion revoked everything
         outcome = await self.identities.sync_device(account, record, deleted=deleted)
+        if not deleted:
+            self.changes.remember(record)
         if (not deleted and self.device_requests is not None
                 and self.changes.config_changed(record) and record.get("status") == "active"):
             await self.device_requests.hint(account, record.get("code", ""))

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
+from cairn_common.nats_urls import parse_nats_urls
 from cairn_common.natsauth import service_inbox
 from cairn_common.renewable import MemoryCredentials
 from cairn_common.supervised import LinkSettings, SupervisedLink
@@ -34,7 +35,7 @@ OnLink = Callable[[str, NATS], Awaitable[None]]
 class TenantLinks:
     def __init__(self, nats_url: str) -> None:
         self.nats_url = nats_url
-        self.servers = tuple(u.strip() for u in nats_url.split(",") if u.strip())
+        self.servers = parse_nats_urls(nats_url)
         # called with (tenant id, connection) for every new connection, e.g. presence
         self.on_connect: list[OnLink] = []
         # asked for a fresh cairn-bridge JWT when a renewal waited too long for one

@@ -52,3 +52,6 @@ ACCOUNT_CONNECTIONS = Gauge("cairn_bridge_account_connections",
 ACCOUNT_CONNECTION_LIMIT = Gauge("cairn_bridge_account_connection_limit",
                                  "limits.max_connections of a tenant's account (-1: none)",
                                  ["tenant"])
+LEADER = Gauge("cairn_bridge_leader", "1 while this bridge holds the leader lease")
+LEASES_LOST = Counter("cairn_bridge_leases_lost_total",
+                      "Times this bridge lost the leader lease (it then stands by again)")

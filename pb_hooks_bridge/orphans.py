@@ -17,6 +17,7 @@ from typing import Any
 import nats
 
 from cairn_common import natsjwt, nkey
+from cairn_common.nats_urls import parse_nats_urls
 from cairn_common.natsauth import connect_options
 from pb_hooks_bridge.accounts import ALL_USERS
 from pb_hooks_bridge.pusher import Pusher
@@ -63,8 +64,9 @@ async def purge_account_streams(pusher: Pusher, nats_url: str, account_public: s
         pub_allow=["$JS.API.>"], sub_allow=["_INBOX.>"], expires=int(time.time()) + 300),
         signing)
     seed = user.seed.decode()
-    nc = await nats.connect(nats_url, name=CLEANUP_USER, allow_reconnect=False,
-                            connect_timeout=5, **connect_options(lambda: (user_jwt, seed)))
+    nc = await nats.connect(list(parse_nats_urls(nats_url)), name=CLEANUP_USER,
+                            allow_reconnect=False, connect_timeout=5,
+                            **connect_options(lambda: (user_jwt, seed)))
     deleted: list[str] = []
     try:
         js = nc.jetstream(timeout=5)

@@ -3,6 +3,12 @@
 Per account, pushes are serialized under the account's lock and coalesced: whoever holds
 the lock signs the *current* state, so a stale JWT can never follow a newer one (the full
 resolver would accept it and silently undo a revocation, SPEC §10).
+
+In a cluster every server answers a push (broadcast.py). The pusher waits for one reply
+from each server it believes up (servers.py), sends the same JWT again to those that did
+not answer, and marks whoever still did not as owed: when that server is seen again,
+every account is pushed again (`repush`, driven by cluster_watch.py). On one node this is
+one reply, as before.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -21,12 +28,17 @@ from cairn_common import natsjwt
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import MAX_IAT_LEAD, Account
+from pb_hooks_bridge.broadcast import Broadcast, Reply
 from pb_hooks_bridge.errors import BridgeError
+from pb_hooks_bridge.servers import ServerRoster
 
 log = logging.getLogger(__name__)
 
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 CLAIMS_DELETE = "$SYS.REQ.CLAIMS.DELETE"
+CLAIMS_LIST = "$SYS.REQ.CLAIMS.LIST"
+SERVER_PING = "$SYS.REQ.SERVER.PING"
+NATS_ERRORS = (nats.errors.Error, TimeoutError)
 
 
 class PushError(BridgeError):
@@ -35,13 +47,20 @@ class PushError(BridgeError):
 
 class Pusher:
     def __init__(self, nc: NATS, pb: PocketBase, operator: nkeys.KeyPair, system_account: str,
-                 window: float = 0.01, timeout: float = 5.0) -> None:
+                 window: float = 0.01, timeout: float = 5.0, straggle: float = 0.5,
+                 resends: int = 1) -> None:
         self.nc = nc
         self.system_account = system_account
         self.pb = pb
         self.operator = operator
         self.window = window
-        self.timeout = timeout
+        self.timeout = timeout  # for the first reply
+        self.straggle = straggle  # for the other servers' replies after the first
+        self.resends = resends  # extra sends to servers that did not answer
+        self.roster = ServerRoster()
+        self.replies = Broadcast()
+        # raises when this bridge may no longer push (leader.py: a paused ex-leader)
+        self.guard: Callable[[], None] = lambda: None
 
     async def push(self, account: Account, resend: bool = False) -> bool:
         """Make the server hold the account's current state; True when a new JWT was signed.
@@ -92,17 +111,23 @@ class Pusher:
                 pass
         account.server_checked = True
 
-    async def send_update(self, token: str) -> None:
+    async def send_update(self, token: str) -> set[str]:
+        """Send one account JWT to every server; returns the names that took it."""
         started = time.perf_counter()
-        try:
-            reply = await self.nc.request(CLAIMS_UPDATE, token.encode(), timeout=self.timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError) as exc:
-            metrics.PUSH_FAILURES.inc()
-            raise PushError(f"account push got no answer: {exc.__class__.__name__}") from exc
-        self._check(reply.data, "update")
+        replies = await self._to_every_server(CLAIMS_UPDATE, token.encode(), "update")
         metrics.PUSHES.inc()
         metrics.PUSH_SECONDS.observe(time.perf_counter() - started)
+        return {r.server for r in replies}
+
+    async def repush(self, account: Account, still_wanted: Callable[[], bool]) -> bool:
+        """Send the account's last JWT again (a server came back), under its lock so it can
+        never follow a newer one; skipped when `still_wanted()` says the account is gone
+        or has none yet. True when sent."""
+        async with account.lock:
+            if not account.jwt or not still_wanted():
+                return False
+            await self.send_update(account.jwt)
+            return True
 
     async def delete(self, account_public_keys: list[str]) -> None:
         """Remove accounts from the resolver (operator-signed request)."""
@@ -111,51 +136,120 @@ class Pusher:
             "nats": {"accounts": account_public_keys, "type": "generic", "version": 2},
         }
         token = natsjwt.encode(claims, self.operator)
-        try:
-            reply = await self.nc.request(CLAIMS_DELETE, token.encode(), timeout=self.timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            metrics.PUSH_FAILURES.inc()
-            raise PushError(f"account delete got no answer: {exc.__class__.__name__}") from exc
-        self._check(reply.data, "delete")
+        await self._to_every_server(CLAIMS_DELETE, token.encode(), "delete")
 
     async def lookup(self, account_public_key: str) -> str:
-        """The account JWT the server holds now ('' when none). PushError when the server
-        cannot be asked (no responders, connection closed, no answer in time)."""
+        """The account JWT the servers hold now, the newest (greatest iat) of their copies
+        ('' when none). PushError when the servers cannot be asked."""
         subject = f"$SYS.REQ.ACCOUNT.{account_public_key}.CLAIMS.LOOKUP"
-        reply = await self._request(subject)
-        return reply.data.decode()
+        count = max(1, len(self.roster.expected()))
+        replies = await self._gather(subject, b"", lambda got: len(got) >= count)
+        if not replies:
+            raise PushError(f"{subject}: no answer")
+        return max((r.data.decode() for r in replies), key=_iat)
 
     async def list_accounts(self) -> list[str]:
-        """Every account the server's resolver holds (PushError when it cannot be asked)."""
-        subject = "$SYS.REQ.CLAIMS.LIST"
-        reply = await self._request(subject)
-        try:
-            body = json.loads(reply.data)
-        except ValueError as exc:
-            raise PushError(f"{subject}: unreadable reply {reply.data[:200]!r}") from exc
-        if not isinstance(body, dict):
-            raise PushError(f"{subject}: unexpected reply {reply.data[:200]!r}")
-        if "error" in body:
-            raise PushError(f"{subject}: refused by nats-server: {body['error']}")
-        return list(body.get("data") or [])
+        """Every account any server's resolver holds (PushError when none can be asked)."""
+        replies = await self._gather(CLAIMS_LIST, b"", self._heard_all(self.roster.expected()))
+        if not replies:
+            raise PushError(f"{CLAIMS_LIST}: no answer")
+        accounts: dict[str, None] = {}
+        for reply in replies:
+            body = reply.body
+            if body is None:
+                raise PushError(f"{CLAIMS_LIST}: unreadable reply {reply.data[:200]!r}")
+            if "error" in body:
+                raise PushError(f"{CLAIMS_LIST}: refused by nats-server: {body['error']}")
+            accounts.update(dict.fromkeys(body.get("data") or []))
+        return list(accounts)
 
-    async def _request(self, subject: str) -> Any:
-        """A request on the system account; raw nats errors become PushError."""
+    async def survey(self, timeout: float = 1.0) -> set[str]:
+        """Ask every server for its statsz (`$SYS.REQ.SERVER.PING`): who is up now. Waits
+        for as many as the JetStream cluster has peers (or as were known), else `timeout`."""
+        roster = self.roster
+
+        def heard_all(got: list[Reply]) -> bool:
+            for reply in got:
+                roster.saw(reply.server, reply.server_id, (reply.body or {}).get("statsz"))
+            want = max(roster.size_hint, len(roster.servers), 1)
+            return len({r.server for r in got}) >= want
+
+        replies = await self._gather(SERVER_PING, b"", heard_all, timeout, timeout)
+        names = {r.server for r in replies if r.server}
+        roster.surveyed(names)
+        return names
+
+    async def _to_every_server(self, subject: str, payload: bytes, what: str) -> list[Reply]:
+        """Publish to every server, send again to the up ones that did not answer, and
+        owe a re-push to whoever still did not. PushError on no answer or any refusal."""
+        self.guard()
+        if not self.roster.seeded:
+            await self._seed()
+        expected = self.roster.expected()
+        replies = await self._gather(subject, payload, self._heard_all(expected))
+        if not replies:
+            metrics.PUSH_FAILURES.inc()
+            raise PushError(f"account {what} got no answer")
+        for attempt in range(self.resends):
+            missing = expected - {r.server for r in replies}
+            if not missing:
+                break
+            log.warning("NATS servers did not answer an account push; sending again",
+                        extra={"servers": sorted(missing), "what": what,
+                               "attempt": attempt + 1})
+            replies += await self._gather(subject, payload, self._heard_all(missing))
+        for reply in replies:
+            self.roster.saw(reply.server, reply.server_id)
+            self._check(reply.data, what, reply.server)
+        missing = self.roster.answered({r.server for r in replies})
+        if missing:
+            log.warning("NATS servers missed an account push; they get every account again "
+                        "when they are back", extra={"servers": sorted(missing), "what": what})
+        return replies
+
+    async def _seed(self) -> None:
         try:
-            return await self.nc.request(subject, b"", timeout=self.timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                nats.errors.ConnectionClosedError, TimeoutError) as exc:
-            raise PushError(f"{subject}: no answer ({exc.__class__.__name__})") from exc
-        except nats.errors.Error as exc:
+            await self.survey()
+        except PushError as exc:
+            log.warning("could not survey the NATS servers", extra={"error": str(exc)})
+
+    @staticmethod
+    def _heard_all(expected: set[str]) -> Callable[[list[Reply]], bool]:
+        """Done when every expected server answered (when none is known: the first)."""
+        if not expected:
+            return lambda got: bool(got)
+        return lambda got: expected <= {r.server for r in got}
+
+    async def _gather(self, subject: str, payload: bytes, done: Callable[[list[Reply]], bool],
+                      first_timeout: float | None = None, rest_timeout: float | None = None,
+                      ) -> list[Reply]:
+        """A broadcast on the system account; raw nats errors become PushError."""
+        try:
+            return await self.replies.gather(
+                self.nc, subject, payload, done,
+                self.timeout if first_timeout is None else first_timeout,
+                self.straggle if rest_timeout is None else rest_timeout)
+        except NATS_ERRORS as exc:
+            metrics.PUSH_FAILURES.inc()
             raise PushError(f"{subject}: {exc.__class__.__name__}: {exc}") from exc
 
     @staticmethod
-    def _check(data: bytes, what: str) -> None:
+    def _check(data: bytes, what: str, server: str = "") -> None:
         try:
             body = json.loads(data)
         except ValueError as exc:
             metrics.PUSH_FAILURES.inc()
             raise PushError(f"account {what}: unreadable reply {data[:200]!r}") from exc
-        if "error" in body:
+        if not isinstance(body, dict) or "error" in body:
             metrics.PUSH_FAILURES.inc()
-            raise PushError(f"account {what} refused by nats-server: {body['error']}")
+            error = body.get("error") if isinstance(body, dict) else body
+            raise PushError(f"account {what} refused by nats-server {server}: {error}")
+
+
+def _iat(token: str) -> int:
+    if not token:
+        return -1
+    try:
+        return int(natsjwt.decode(token, verify=False).get("iat", 0))
+    except (natsjwt.JwtError, ValueError, TypeError):
+        return 0

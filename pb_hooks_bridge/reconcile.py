@@ -89,6 +89,7 @@ class Reconciler:
         self.concurrency = concurrency  # row steps of one pass in the lanes at once
         self.lock = asyncio.Lock()
         self.full_listed_at = 0.0  # epoch seconds the last full pass began listing
+        self.own_accounts: set[str] = set()  # Cairn's own accounts: never orphans
         self.margin = CATCH_UP_MARGIN
         self.last: Summary | None = None
 
@@ -211,8 +212,8 @@ class Reconciler:
         known = {a.public_key for a in self.accounts.by_tenant.values()}
         rows = await self.pb.list("nats_accounts", fields="public_key")
         known |= {r["public_key"] for r in rows}
-        system = self.pusher.system_account
-        orphans = [k for k in await self.pusher.list_accounts() if k not in known and k != system]
+        own = {self.pusher.system_account, *self.own_accounts}  # SYS, cairn-control
+        orphans = [k for k in await self.pusher.list_accounts() if k not in known and k not in own]
         for public_key in orphans:
             try:
                 await self.tenants.purge_orphan(public_key, {"account": public_key,

@@ -8,15 +8,21 @@ gets ALERTS_MAX_BYTES, or half of what the quota leaves beside TELEMETRY when th
 created only with at least 1 MiB; an existing one is shrunk to what is left (the oldest
 alerts go), or deleted when nothing is left. When bounds change, streams that shrink are
 updated before streams that grow, so the sum never passes the quota on the way.
+
+Replicas: `replicas` (the bridge's `CAIRN_NATS_REPLICAS`, 3 on a 3-node cluster, default 1)
+for both streams; an existing stream is scaled to it. A server that is not clustered, or a
+cluster with too few nodes up, refuses that many: the stream is then made (or kept) R1,
+with a warning, and scaled up by a later pass (every full reconciliation compares).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from pb_hooks_bridge.accounts import Account
 from pb_hooks_bridge.audit import AuditWriter
@@ -31,6 +37,9 @@ ALERTS_SUBJECTS = ["alerts.>"]
 ALERTS_MAX_BYTES = 64 * MIB
 MAX_MSG_SIZE = MIB  # one document; larger publishes are refused
 MIN_STREAM_BYTES = MIB
+# JetStream error codes after which a stream is made (or kept) with one replica
+NOT_CLUSTERED = 10074  # replicas > 1 not supported in non-clustered mode
+NO_PEERS = 10005  # no suitable peers for placement (cluster nodes down)
 
 
 def alerts_max_bytes(account: Any) -> int:
@@ -41,9 +50,10 @@ def alerts_max_bytes(account: Any) -> int:
     return min(ALERTS_MAX_BYTES, max(0, storage - account.telemetry_max_bytes) // 2)
 
 
-def stream_config(name: str, subjects: list[str], max_bytes: int, max_age: int) -> StreamConfig:
+def stream_config(name: str, subjects: list[str], max_bytes: int, max_age: int,
+                  replicas: int = 1) -> StreamConfig:
     return StreamConfig(
-        name=name, subjects=subjects, storage=StorageType.FILE,
+        name=name, subjects=subjects, storage=StorageType.FILE, num_replicas=replicas,
         # bounded by age and size; when full the oldest messages go first
         max_age=float(max_age), max_bytes=max_bytes, max_msg_size=MAX_MSG_SIZE,
         discard=DiscardPolicy.OLD, duplicate_window=120.0,
@@ -57,6 +67,7 @@ def differs(current: StreamConfig, config: StreamConfig) -> bool:
             or current.max_bytes != config.max_bytes
             or current.max_msg_size != config.max_msg_size
             or current.discard != config.discard
+            or (current.num_replicas or 1) != (config.num_replicas or 1)
             or not current.allow_direct)
 
 
@@ -67,15 +78,16 @@ async def _current(js: Any, name: str) -> StreamConfig | None:
         return None
 
 
-async def ensure_streams(js: Any, account: Account, max_age: int, audit: AuditWriter) -> None:
+async def ensure_streams(js: Any, account: Account, max_age: int, audit: AuditWriter,
+                         replicas: int = 1) -> None:
     """Create, update (shrinking ones first) or, for ALERTS without room, delete."""
     telemetry = stream_config(TELEMETRY, TELEMETRY_SUBJECTS, account.telemetry_max_bytes,
-                              max_age)
+                              max_age, replicas)
     room = alerts_max_bytes(account)
     current = {TELEMETRY: await _current(js, TELEMETRY), ALERTS: await _current(js, ALERTS)}
     wanted = [telemetry]
     if room >= MIN_STREAM_BYTES or (room > 0 and current[ALERTS] is not None):
-        wanted.append(stream_config(ALERTS, ALERTS_SUBJECTS, room, max_age))
+        wanted.append(stream_config(ALERTS, ALERTS_SUBJECTS, room, max_age, replicas))
     elif current[ALERTS] is not None:
         log.warning("ALERTS deleted: the tenant's jetstream_storage leaves it no room "
                     "beside telemetry_max_bytes", extra={"tenant": account.slug})
@@ -93,10 +105,29 @@ async def ensure_streams(js: Any, account: Account, max_age: int, audit: AuditWr
     changes = [c for c in wanted if current[str(c.name)] is None
                or differs(current[str(c.name)], c)]
     for config in sorted(changes, key=grows):  # False (shrinks) first
-        details = {"max_age": max_age, "max_bytes": config.max_bytes}
-        if current[str(config.name)] is None:
-            await js.add_stream(config)
+        details = {"max_age": max_age, "max_bytes": config.max_bytes,
+                   "replicas": config.num_replicas}
+        before = current[str(config.name)]
+        if before is None:
+            await _apply(js.add_stream, config, account)
             audit.record("stream.created", account.tenant_id, f"streams/{config.name}", details)
-        else:
-            await js.update_stream(config)
+        elif differs(before, await _apply(js.update_stream, config, account)):
             audit.record("stream.updated", account.tenant_id, f"streams/{config.name}", details)
+
+
+async def _apply(call: Any, config: StreamConfig, account: Account) -> StreamConfig:
+    """add_stream/update_stream; more replicas than a lone server has fall back to one.
+    Returns the config applied."""
+    try:
+        await call(config)
+        return config
+    except APIError as exc:
+        if exc.err_code not in (NOT_CLUSTERED, NO_PEERS) or (config.num_replicas or 1) <= 1:
+            raise
+        reason = str(exc.description or exc)
+    log.warning("stream kept at one replica for now", extra={
+        "tenant": account.slug, "stream": config.name, "replicas": config.num_replicas,
+        "error": reason})
+    config = replace(config, num_replicas=1)
+    await call(config)
+    return config

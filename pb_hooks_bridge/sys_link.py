@@ -21,7 +21,7 @@ def sys_link(config: BridgeConfig, on_connect: OnConnect,
     held = creds.read(path)  # read once; bootstrap rewrites it only before start
     settings = LinkSettings(
         name="cairn-bridge/sys", label="bridge-sys",
-        servers=tuple(u.strip() for u in config.nats_url.split(",") if u.strip()),
+        servers=config.nats_urls,
         ping_interval=5, reconnect_time_wait=0.5, backoff_max=5.0)
     return SupervisedLink(settings, FixedCredentials(lambda: held), on_connect,
                           on_reconnect=on_reconnect)

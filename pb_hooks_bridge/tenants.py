@@ -211,11 +211,13 @@ class Tenants:
         """Create or update the tenant's streams (streams.py). JetStream for a just-pushed
         account comes up a moment after the push, so "no responders" is retried briefly."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((ServiceUnavailableError, NoRespondersError)),
-            stop=stop_after_delay(10), wait=wait_exponential(multiplier=0.05, max=1),
+            # a cluster electing a JetStream meta leader (a node died) answers nothing
+            retry=retry_if_exception_type((ServiceUnavailableError, NoRespondersError,
+                                           nats.errors.TimeoutError)),
+            stop=stop_after_delay(20), wait=wait_exponential(multiplier=0.05, max=1),
             reraise=True,
         ):
             with attempt:
                 nc = await self.links.get(account.tenant_id, account.slug)
                 await ensure_streams(nc.jetstream(timeout=5), account, self.telemetry_max_age,
-                                     self.audit)
+                                     self.audit, account.replicas)

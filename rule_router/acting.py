@@ -18,6 +18,7 @@ is not delivered again while it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -40,6 +41,8 @@ from rule_router.ledger import Key, Ledger, Partial, delivery
 from rule_router.model import Firing, PublishOut, WebhookOut
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENCY = "Idempotency-Key"  # on webhook calls of JetStream messages
 
 DEADLETTERS_TOO_LARGE = Counter(
     "cairn_router_deadletters_too_large_total",
@@ -157,6 +160,11 @@ class Acting:
                        original: bytes, hop: int, allowance: Allowance,
                        seen: tuple[int, int] | None) -> bool:
         progress = self._progress(msg) if path == "jetstream" else None
+        if seen is not None and not any(k.lower() == IDEMPOTENCY.lower() for k in out.headers):
+            # the same key for every call of this action for this message, by any router
+            # (a redelivery after a router died): receivers can drop repeats
+            key = msg_id(STREAM, seen[0], firing.rule.id, out.index, "w")
+            out = dataclasses.replace(out, headers={**out.headers, IDEMPOTENCY: key})
         result = await ACTIONS["webhook"](out, self.http, progress=progress,
                                           every=max(0.05, self.live_ack_wait / 3))
         metrics.WEBHOOK_RETRIES.inc(max(0, result.attempts - 1))

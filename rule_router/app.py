@@ -31,6 +31,7 @@ from prometheus_client import Counter, start_http_server
 
 from cairn_common import logs
 from cairn_common.filemodes import NotPrivateError
+from cairn_common.nats_urls import NatsUrlError, join_nats_urls, parse_nats_urls
 from cairn_common.nkey import NkeyError
 from cairn_common.pocketbase import PocketBase, PocketBaseError, RealtimeEvent, follow_realtime
 from cairn_common.renewable import MemoryCredentials
@@ -342,6 +343,11 @@ def main_run(args: argparse.Namespace) -> int:
     pb_url = env.get("CAIRN_PB_URL") or f"http://127.0.0.1:{env.get('CAIRN_PB_PORT', '8090')}"
     nats_url = (env.get("CAIRN_NATS_URL")
                 or f"nats://127.0.0.1:{env.get('CAIRN_NATS_PORT', '4222')}")
+    try:  # one URL or a comma-separated list (a cluster): checked once, here
+        nats_url = join_nats_urls(parse_nats_urls(nats_url))
+    except NatsUrlError as exc:
+        print(f"error: {exc}")
+        return 2
     rules_dir = Path(args.rules_dir) if args.rules_dir else None
     if rules_dir is not None and not rules_dir.is_dir():
         print(f"error: --rules-dir {rules_dir} is not a directory")

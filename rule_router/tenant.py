@@ -56,6 +56,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from cairn_common.nats_urls import parse_nats_urls
 from cairn_common.natsauth import service_inbox
 from cairn_common.renewable import Renewable, as_renewable
 from cairn_common.supervised import LinkSettings, SupervisedLink
@@ -143,7 +144,7 @@ class TenantRouter(Acting):
             self._owns_http = True
         settings = LinkSettings(
             name=f"{self.user}/{self.slug}", label="router-tenant",
-            servers=tuple(u.strip() for u in self.nats_url.split(",") if u.strip()),
+            servers=parse_nats_urls(self.nats_url),
             inbox_prefix=service_inbox(self.user), ping_interval=10, reconnect_time_wait=0.5,
             backoff_max=10.0)
         self.link = SupervisedLink(settings, self.creds, self._on_link,

@@ -44,7 +44,10 @@ class NatsEnv:
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
-    def restart(self) -> None:
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with `kill`: a crash) and start again."""
+        if kill:
+            self.process.kill()
         self.stop()
         self.start()
 
@@ -77,7 +80,10 @@ class PbEnv:
         resp.raise_for_status()
         return resp.json()["token"]
 
-    def restart(self) -> None:
+    def restart(self, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with `kill`: a crash) and start again."""
+        if kill:
+            self.process.kill()
         self.process.stop()
         self.process = start_pocketbase(self.layout, self.port)
         _RUNNING.append(self.process)

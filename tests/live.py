@@ -79,9 +79,19 @@ class BridgeHandle:
     async def start(self) -> Bridge:
         self.bridge = Bridge(self.config)
         await self.bridge.start()
-        self.task = asyncio.create_task(self.bridge.run())
+        self.task = asyncio.create_task(self._serve())
         await eventually(self._connected, 10, "bridge reconciled and following")
         return self.bridge
+
+    async def _serve(self) -> None:
+        """Like `cairn-bridge run`: a bridge that lost its leader lease starts over."""
+        while self.bridge is not None:
+            await self.bridge.run()
+            if not self.bridge.lost_lease:
+                return
+            await self.bridge.stop()
+            self.bridge = Bridge(self.config)
+            await self.bridge.start()
 
     async def _connected(self) -> bool:
         from pb_hooks_bridge import metrics

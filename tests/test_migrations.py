@@ -6,6 +6,7 @@ Uses its own temp DataLayout (not the session PocketBase): `migrate up`, a short
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -128,6 +129,13 @@ def global_role_names(layout: DataLayout) -> list[str]:
         return [row[0] for row in rows]
 
 
+def device_secret_cost(layout: DataLayout) -> int:
+    with closing(_db(layout)) as db:
+        fields = json.loads(db.execute(
+            "SELECT fields FROM _collections WHERE name = 'devices'").fetchone()[0])
+    return int(next(f for f in fields if f["name"] == "password").get("cost") or 0)
+
+
 def users_rules(layout: DataLayout) -> dict[str, str | None]:
     keys = ("listRule", "viewRule", "createRule", "updateRule", "deleteRule")
     with closing(_db(layout)) as db:
@@ -176,7 +184,8 @@ def layout(tmp_path: Path) -> DataLayout:
 
 def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
-                          "1764000002_command_dispatch.js", "1764000003_security.js"]
+                          "1764000002_command_dispatch.js", "1764000003_security.js",
+                          "1764000004_device_secret_cost.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -218,6 +227,10 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
         assert devices["authRule"] == 'status != "disabled"'
         email = next(f for f in devices["fields"] if f["name"] == "email")
         assert email["required"] is False
+        password = next(f for f in devices["fields"] if f["name"] == "password")
+        assert password["cost"] == 6  # docs/decisions/0005
+        people = next(f for f in collections["users"]["fields"] if f["name"] == "password")
+        assert people["cost"] in (0, 10)  # people keep the default
         relations = {
             (c["name"], f["name"]): f
             for c in collections.values() for f in c["fields"] if f["type"] == "relation"
@@ -271,6 +284,10 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-2: device secrets back to the default bcrypt cost
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[4]}" in out
+    assert device_secret_cost(layout) == 0
     # down #-1: the security rules, sidecars, roles and rate limits
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[3]}" in out

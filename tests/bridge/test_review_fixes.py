@@ -214,8 +214,20 @@ async def test_a_stale_tenant_copy_never_reactivates(bridge, admin):
 
 
 class _FailingNats:
+    """Every request fails with `exc` (the pusher collects one reply per server: it
+    subscribes an inbox and publishes, pusher.py / broadcast.py)."""
+
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+    async def subscribe(self, subject, cb=None):
+        raise self.exc
+
+    async def publish(self, subject, payload, reply=""):
+        raise self.exc
 
     async def request(self, subject, payload, timeout=None):
         raise self.exc

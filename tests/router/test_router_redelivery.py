@@ -192,6 +192,12 @@ async def test_a_partial_failure_reruns_only_the_missing_action(
         await asyncio.sleep(0.5)
         assert deliveries == [1, 2]
         assert sorted(r.path for r in sink.requests) == ["/a", "/b", "/b"]
+        # each action's calls for this message carry one Idempotency-Key, its own
+        keys = {r.path: set() for r in sink.requests}
+        for r in sink.requests:
+            keys[r.path].add(r.headers.get("idempotency-key"))
+        assert all(len(v) == 1 and None not in v for v in keys.values()), keys
+        assert keys["/a"] != keys["/b"]
         assert len(alerts) == 1 and len(refused) == 1
         assert sample(metrics.REDELIVERIES, "resumed") == resumed + 1
         assert sample(metrics.ACTIONS_SKIPPED) == skipped + 2  # the publish and /a

@@ -1,0 +1,250 @@
+"""One bridge leads; any other bridge stands by and takes over when the leader dies.
+
+The lease is one key in a KV bucket of Cairn's own account (control_account.py) whose
+entries expire after TTL seconds. The leader rewrites it every RENEW seconds with a
+compare-and-set on the revision it last wrote, so a second writer can never slip in
+unnoticed. A standby tries to create the key every RETRY seconds, which succeeds only
+once the leader's last entry has expired: a dead leader is replaced within about
+TTL + RETRY seconds.
+
+Fencing. A leader that was paused (SIGSTOP, a long GC, a hung VM) may wake up after its
+lease expired and another bridge took over. Before every account push it calls `check`,
+which compares the monotonic clock (it keeps counting through a pause) with the
+deadline of its last successful renewal, minus a safety margin, and raises LeaseLost
+once that has passed: a paused leader cannot push after losing the lease. Anything it
+pushed before that carries an `iat` below the new leader's (the new leader signs from
+after its takeover), and the servers refuse a JWT older than the one they hold. Its
+PocketBase writes are guarded as always: a grant never lands on a disabled device
+(`X-Cairn-Unless-Status`) and a command's unique `command.sent` claim is never made twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from cairn_common.layout import DataLayout
+from cairn_common.renewable import FixedCredentials
+from cairn_common.supervised import LinkSettings, SupervisedLink
+from pb_hooks_bridge import control_account, metrics
+
+log = logging.getLogger(__name__)
+
+BUCKET = "cairn_bridge_leader"
+RECONCILE = "cairn.bridge.reconcile"  # ask the leader for a full pass (control account)
+KEY = "leader"
+# seconds an entry lives: a dead leader is replaced after about this long. Longer than a
+# cluster's JetStream leader election for the bucket (4-6 s, a node killed), during which
+# renewals cannot land; short enough for a takeover within 10 s.
+TTL = 8.0
+RENEW = 1.0  # seconds between the leader's renewals
+RETRY = 1.0  # seconds between a standby's attempts
+MARGIN = 1.5  # seconds before the lease's end after which the leader stops pushing
+
+
+class LeaseLost(Exception):
+    """This bridge no longer holds the lease (or cannot prove it does)."""
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Lease:
+    def __init__(self, holder: str | None = None, ttl: float = TTL, renew: float = RENEW,
+                 retry: float = RETRY, margin: float = MARGIN) -> None:
+        self.holder = holder or instance_name()
+        self.ttl, self.renew_every, self.retry, self.margin = ttl, renew, retry, margin
+        self.kv: KeyValue | None = None
+        self.revision = 0
+        self.deadline = 0.0  # monotonic: the lease is ours until then (minus margin)
+        self.taken_at = 0.0  # wall clock of the takeover
+        self.leading = False
+
+    async def open(self, nc: NATS, replicas: int = 1) -> None:
+        js = nc.jetstream(timeout=5)
+        # file storage: the lease outlives a nats-server restart shorter than the TTL (a
+        # memory bucket would vanish and the leader would take that for a takeover)
+        config = KeyValueConfig(bucket=BUCKET, ttl=self.ttl, history=1,
+                                storage=StorageType.FILE, replicas=replicas)
+        try:
+            self.kv = await js.create_key_value(config)
+        except BadRequestError:  # made before with other settings: use it as it is
+            self.kv = await js.key_value(BUCKET)
+
+    def _value(self) -> bytes:
+        return json.dumps({"holder": self.holder, "since": self.taken_at}).encode()
+
+    async def acquire(self, stopping: asyncio.Event, wait: bool = True) -> bool:
+        """Wait until this bridge holds the lease (True), or `stopping` is set (False);
+        with `wait=False`, try once."""
+        told = ""
+        while not stopping.is_set():
+            assert self.kv is not None
+            sent = time.monotonic()
+            self.taken_at = time.time()
+            try:
+                self.revision = await self.kv.create(KEY, self._value())
+                self.deadline = sent + self.ttl
+                self.leading = True
+                metrics.LEADER.set(1)
+                log.info("this bridge leads", extra={"holder": self.holder,
+                                                     "revision": self.revision})
+                return True
+            except KeyWrongLastSequenceError:
+                holder = await self._holder()
+                if holder != told:
+                    told = holder
+                    log.info("standing by: another bridge leads", extra={"leader": holder})
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("lease not reachable; trying again", extra={"error": str(exc)})
+            if not wait:
+                return False
+            try:
+                await asyncio.wait_for(stopping.wait(), self.retry)
+            except TimeoutError:
+                pass
+        return False
+
+    async def keep(self) -> None:
+        """Renew until the lease is lost; then raise LeaseLost (never returns otherwise)."""
+        while True:
+            await asyncio.sleep(self.renew_every)
+            assert self.kv is not None
+            sent = time.monotonic()
+            try:
+                self.revision = await asyncio.wait_for(
+                    self.kv.update(KEY, self._value(), last=self.revision), self.renew_every)
+                self.deadline = sent + self.ttl
+            except KeyWrongLastSequenceError:
+                if not await self._still_mine():
+                    self._lost("another bridge took the lease")
+            except (nats.errors.Error, TimeoutError) as exc:
+                if time.monotonic() >= self.deadline - self.margin:
+                    self._lost(f"could not renew the lease in time ({exc.__class__.__name__})")
+                log.warning("lease renewal failed; retrying", extra={"error": str(exc)})
+            self.check()
+
+    def check(self) -> None:
+        """Raise LeaseLost unless the lease is surely still ours (call before a push)."""
+        if not self.leading:
+            raise LeaseLost("this bridge does not lead")
+        if time.monotonic() >= self.deadline - self.margin:
+            self._lost("the lease ran out (was this process paused?)")
+
+    async def release(self) -> None:
+        """Let a standby take over at once (a clean stop)."""
+        if self.leading and self.kv is not None:
+            self.leading = False
+            metrics.LEADER.set(0)
+            try:
+                await self.kv.delete(KEY, last=self.revision)
+            except (nats.errors.Error, TimeoutError, KeyWrongLastSequenceError,
+                    NotFoundError) as exc:
+                log.info("lease not released (it expires by itself)", extra={
+                    "error": str(exc)})
+
+    async def _still_mine(self) -> bool:
+        """After a refused renewal: is the stored entry our own (a renewal that landed but
+        whose answer was lost)? Then carry on from its revision."""
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(KEY)
+            doc = json.loads(entry.value or b"{}")
+        except (nats.errors.Error, ValueError, TimeoutError, NotFoundError):
+            return False
+        if doc.get("holder") == self.holder and doc.get("since") == self.taken_at:
+            self.revision = int(entry.revision or 0)
+            return True
+        return False
+
+    async def _holder(self) -> str:
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(KEY)
+            return str(json.loads(entry.value or b"{}").get("holder") or "?")
+        except (nats.errors.Error, ValueError, TimeoutError):
+            return "?"
+
+    def _lost(self, why: str) -> None:
+        if self.leading:
+            self.leading = False
+            metrics.LEADER.set(0)
+            metrics.LEASES_LOST.inc()
+            log.error("this bridge lost the leader lease: it stops leading",
+                      extra={"reason": why})
+        raise LeaseLost(why)
+
+
+class Leadership:
+    """The control-account link and the lease on it, for one bridge process."""
+
+    def __init__(self, servers: tuple[str, ...], replicas: int, lease: Lease | None = None
+                 ) -> None:
+        self.servers, self.replicas = servers, replicas
+        self.lease = lease or Lease()
+        self.link: SupervisedLink | None = None
+        self.control: control_account.ControlAccount | None = None
+
+    async def stand(self, sys_nc: NATS, operator: object, layout: DataLayout,
+                    stopping: asyncio.Event, wait: bool = True) -> bool:
+        """Make the control account known, connect to it, and wait for the lease
+        (True: this bridge leads; False: it was stopped while standing by, or the lease
+        is held and `wait` is False)."""
+        control = self.control = control_account.ensure(layout, operator)
+        await control_account.push(sys_nc, control)
+        opened = asyncio.Event()
+
+        async def on_connect(nc: NATS) -> None:
+            opened.set()
+
+        held = (control.user_jwt, control.user_seed)
+        self.link = SupervisedLink(
+            LinkSettings(name="cairn-bridge/control", label="bridge-control",
+                         servers=self.servers, ping_interval=2, max_outstanding_pings=2,
+                         reconnect_time_wait=0.2, backoff_max=2.0),
+            FixedCredentials(lambda: held), on_connect)
+        await asyncio.wait_for(self.link.start(), 30)
+        assert self.link.nc is not None
+        await self.lease.open(self.link.nc, self.replicas)
+        return await self.lease.acquire(stopping, wait)
+
+    async def serve(self, subject: str, answer: Callable[[], Awaitable[str]]) -> None:
+        """Answer `subject` on the control account (the leader does, e.g. for
+        `cairn-bridge reconcile` run next to it)."""
+        assert self.link is not None and self.link.nc is not None
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                text = await answer()
+            except Exception as exc:  # the asker gets the reason
+                text = f"error: {exc}"
+            await msg.respond(text.encode())
+
+        await self.link.nc.subscribe(subject, cb=on_request)
+
+    async def ask(self, subject: str, timeout: float) -> str:
+        """Ask the leading bridge (LookupError when none answers)."""
+        assert self.link is not None and self.link.nc is not None
+        try:
+            msg = await self.link.nc.request(subject, b"", timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise LookupError("no bridge leads right now") from None
+        return msg.data.decode()
+
+    async def close(self) -> None:
+        await self.lease.release()
+        if self.link is not None:
+            await self.link.stop(grace=0.5)
