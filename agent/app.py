@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 COMMAND_QUEUE = "cairn-agent"  # overlapping connections of one agent share requests
 DESIRED_CHECK = 1800.0  # seconds between safety-net fetches of the desired config
 DESIRED_MIN_GAP = 1.0  # at most one fetch a second, however many hints arrive
+DESIRED_RETRY_MAX = 60.0  # longest wait before asking again after no answer
 
 
 class AgentApp:
@@ -64,7 +66,9 @@ class AgentApp:
         self.ctx.nats_status = self.link.status
         self.ctx.inventory = self.inventory
         self.ctx.rotate_creds = self.rotate_creds
-        self.tasks: list[asyncio.Task[Any]] = []  # restarted when intervals change
+        # periodic jobs: name -> (interval, task); a changed interval restarts only its job
+        self.jobs: dict[str, tuple[float, asyncio.Task[Any]]] = {}
+        self.last_run: dict[str, float] = {}  # name -> monotonic start of its last run
         self.desired_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self._rotation: asyncio.Task[None] | None = None
@@ -77,7 +81,14 @@ class AgentApp:
         log.info("agent started", extra={"device": self.config.device.code,
                                          "version": VERSION})
 
+    @property
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        return [task for _, task in self.jobs.values()]
+
     def _start_jobs(self) -> None:
+        """Start the periodic jobs, or restart those whose interval changed. A restarted
+        job keeps its phase (next run = last run + new interval): toggling desired
+        intervals never makes a job run more often than its interval."""
         i = self.config.intervals
         jobs = [
             ("heartbeat", i.heartbeat, 0.0, self.telemetry.heartbeat),
@@ -87,11 +98,28 @@ class AgentApp:
         ]
         if self.config.services.watch:
             jobs.append(("service", i.service, 3.0, self.publish_services))
-        self.tasks = [asyncio.create_task(every(interval, delay, work, name), name=name)
-                      for name, interval, delay, work in jobs]
+        now = time.monotonic()
+        for name, interval, delay, work in jobs:
+            running = self.jobs.get(name)
+            if running is not None and running[0] == interval and not running[1].done():
+                continue
+            if running is not None:
+                running[1].cancel()
+            if name in self.last_run:
+                delay = max(0.0, self.last_run[name] + interval - now)
+            task = asyncio.create_task(every(interval, delay, self._timed(name, work), name),
+                                       name=name)
+            self.jobs[name] = (interval, task)
+
+    def _timed(self, name: str, work: Any) -> Any:
+        async def run() -> None:
+            self.last_run[name] = time.monotonic()
+            await work()
+        return run
 
     async def _follow_desired(self) -> None:
         """Fetch the desired config when asked (connect, hint) and every DESIRED_CHECK."""
+        retry = DESIRED_MIN_GAP
         while True:
             try:
                 await asyncio.wait_for(self.desired_wanted.wait(),
@@ -100,29 +128,42 @@ class AgentApp:
                 pass
             self.desired_wanted.clear()
             try:
-                await self.refresh_desired()
+                fetched = await self.refresh_desired()
             except Exception:  # never fatal: the next hint or check tries again
                 log.exception("desired config check failed")
+                fetched = False
+            retry = DESIRED_MIN_GAP if fetched else min(retry * 2, DESIRED_RETRY_MAX)
+            if not fetched:  # not answered (bridge away, busy): ask again soon, not in 30 min
+                self._retry_desired(retry)
             await asyncio.sleep(DESIRED_MIN_GAP)
 
-    async def refresh_desired(self, restart: bool = True) -> None:
-        """Apply intervals/exporters from our desired config; never fatal."""
+    def _retry_desired(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, self.desired_wanted.set)
+
+    async def refresh_desired(self, restart: bool = True) -> bool:
+        """Apply intervals/exporters from our desired config; never fatal. False when the
+        control plane did not answer (a refused config still counts as an answer)."""
         try:
-            merged = desired.merge(self.config, await self.control.desired_config())
-        except (AgentError, ControlError) as exc:
+            wanted = await self.control.desired_config()
+        except ControlError as exc:
+            log.warning("desired config not fetched", extra={"error": str(exc)})
+            return False
+        try:
+            merged = desired.merge(self.config, wanted)
+        except AgentError as exc:
             log.warning("desired config not applied", extra={"error": str(exc)})
-            return
+            return True
         if merged == self.config:
-            return
+            return True
         log.info("applying desired config from the control plane",
                  extra={"intervals": config_mod.to_dict(merged)["intervals"],
                         "exporters": list(merged.exporters)})
         self.config = self.ctx.config = merged
         self.collector = SystemCollector(merged.exporters)
         if restart:
-            for task in self.tasks:
-                task.cancel()
             self._start_jobs()
+        return True
 
     async def stop(self) -> None:
         grace = self.config.commands.timeout + 2

@@ -39,11 +39,18 @@ class ControlClient:
         if not isinstance(token, str) or not token:
             raise ControlError("the bridge's renewal answer has no jwt")
         try:
-            claims = natsjwt.decode(token, verify=False)
+            claims = natsjwt.decode(token)  # signed by the key it names as issuer
         except natsjwt.JwtError as exc:
-            raise ControlError(f"the bridge's renewal answer is not a JWT: {exc}") from exc
+            raise ControlError(f"the renewal answer is not a valid JWT: {exc}") from exc
         if claims.get("sub") != public_key:
-            raise ControlError("the bridge signed a JWT for another key")
+            raise ControlError("the renewal answer is a JWT for another key")
+        try:
+            held = natsjwt.decode(stale, verify=False)
+        except natsjwt.JwtError:
+            held = {}
+        signer = (claims.get("iss"), claims.get("nats", {}).get("issuer_account"))
+        if held and signer != (held.get("iss"), held.get("nats", {}).get("issuer_account")):
+            raise ControlError("the renewal answer is signed by another key than our JWT")
         return token
 
     async def desired_config(self) -> Any:

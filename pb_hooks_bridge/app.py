@@ -37,7 +37,7 @@ from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.freshness import Freshness
 from pb_hooks_bridge.identities import BRIDGE_USER, Identities
 from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
-from pb_hooks_bridge.leader import RECONCILE, Leadership, LeaseLost
+from pb_hooks_bridge.leader import RECONCILE, Leadership
 from pb_hooks_bridge.links import TenantLinks
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
@@ -68,6 +68,7 @@ class Bridge:
         self._commands_recovered = False
         self._full_pass_done = False  # the first realtime connect always runs a full pass
         self.leadership = Leadership(config.nats_urls, config.nats_replicas)
+        self.leadership.on_lost = self._on_lease_lost
         self.leading = False
         self.lost_lease = False  # set when the lease went: the process stands by again
 
@@ -183,7 +184,6 @@ class Bridge:
         if not self.leading:
             return
         self.tasks = [
-            background.start("leader-lease", self._keep_lease, self.stopping),
             background.start("follow", lambda: follow(self.pb, self.router,
                                                       self.on_realtime_connect, self.stopping),
                              self.stopping),
@@ -200,26 +200,20 @@ class Bridge:
     async def _reconcile_text(self) -> str:
         return (await self.reconcile()).line()
 
-    async def _keep_lease(self) -> None:
-        try:
-            await self.leadership.lease.keep()
-        except LeaseLost:
-            self.lost_lease = True
-            self.stopping.set()
+    def _on_lease_lost(self) -> None:
+        self.lost_lease = True
+        self.stopping.set()
 
     async def stop(self) -> None:
         self.stopping.set()
         await cancel_and_wait(self.tasks)
-        if hasattr(self, "lanes"):
-            await self.lanes.drain(grace=5.0)
+        if hasattr(self, "lanes"):  # an ex-leader's work is cut short, not finished
+            await self.lanes.drain(grace=0.0 if self.lost_lease else 5.0)
         if hasattr(self, "audit"):
             await self.audit.stop()
         if hasattr(self, "links"):
             await self.links.close_all()
-        if not self.lost_lease:
-            await self.leadership.close()  # a standby takes over at once
-        elif self.leadership.link is not None:
-            await self.leadership.link.stop(grace=0.1)
+        await self.leadership.close(release=not self.lost_lease)  # a standby takes over
         if hasattr(self, "sys_link"):
             await self.sys_link.stop()
         await self.pb.close()

@@ -26,6 +26,7 @@ class DeviceIds:
     def __init__(self, pb: PocketBase) -> None:
         self.pb = pb
         self.ids: dict[tuple[str, str], str] = {}
+        self.keys: dict[str, tuple[str, str]] = {}  # device id -> its (tenant, code)
         self.misses: dict[tuple[str, str], float] = {}  # -> monotonic time of the miss
         self.generation = 0  # bumped by forget(): lookups begun before it are not cached
 
@@ -36,11 +37,14 @@ class DeviceIds:
         """A device row was created or deleted: drop what is cached for its code (and,
         for a deleted row, for its id)."""
         self.generation += 1
-        self.ids.pop((tenant_id, code), None)
+        gone = self.ids.pop((tenant_id, code), None)
+        if gone is not None:
+            self.keys.pop(gone, None)
         self.misses.pop((tenant_id, code), None)
         if device_id:
-            for key in [k for k, v in self.ids.items() if v == device_id]:
-                del self.ids[key]
+            key = self.keys.pop(device_id, None)
+            if key is not None:
+                self.ids.pop(key, None)
 
     async def resolve(self, tenant_id: str, code: str) -> str | None:
         found = await self.resolve_many(tenant_id, [code])
@@ -71,6 +75,7 @@ class DeviceIds:
                     found[code] = by_code[code]
                     if generation == self.generation:  # no create/delete event meanwhile
                         self.ids[(tenant_id, code)] = by_code[code]
+                        self.keys[by_code[code]] = (tenant_id, code)
                 else:
                     self._missed((tenant_id, code))
         return found

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -59,7 +60,8 @@ class LeaseLost(Exception):
 
 
 def instance_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Unique per process, also across containers that share a hostname and a pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Lease:
@@ -83,6 +85,12 @@ class Lease:
             self.kv = await js.create_key_value(config)
         except BadRequestError:  # made before with other settings: use it as it is
             self.kv = await js.key_value(BUCKET)
+            info = await js.stream_info(f"KV_{BUCKET}")
+            max_age = info.config.max_age
+            if max_age and max_age < self.ttl:  # entries die sooner: our deadline too
+                log.warning("the lease bucket keeps entries shorter than planned",
+                            extra={"ttl": max_age, "planned": self.ttl})
+                self.ttl = float(max_age)
 
     def _value(self) -> bytes:
         return json.dumps({"holder": self.holder, "since": self.taken_at}).encode()
@@ -197,6 +205,8 @@ class Leadership:
         self.lease = lease or Lease()
         self.link: SupervisedLink | None = None
         self.control: control_account.ControlAccount | None = None
+        self.keeper: asyncio.Task[None] | None = None
+        self.on_lost: Callable[[], None] = lambda: None  # the bridge stops what it does
 
     async def stand(self, sys_nc: NATS, operator: object, layout: DataLayout,
                     stopping: asyncio.Event, wait: bool = True) -> bool:
@@ -219,7 +229,23 @@ class Leadership:
         await asyncio.wait_for(self.link.start(), 30)
         assert self.link.nc is not None
         await self.lease.open(self.link.nc, self.replicas)
-        return await self.lease.acquire(stopping, wait)
+        if not await self.lease.acquire(stopping, wait):
+            return False
+        # renewed from now on, not only once the bridge runs (its start-up can take longer
+        # than the lease lives, and so can a `cairn-bridge reconcile` pass)
+        self.keeper = asyncio.create_task(self._keep(), name="leader-lease")
+        return True
+
+    async def _keep(self) -> None:
+        try:
+            await self.lease.keep()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # LeaseLost, or anything unexpected: stop leading
+            if not isinstance(exc, LeaseLost):
+                log.exception("lease keeper failed; this bridge stops leading")
+                self.lease.leading = False
+            self.on_lost()
 
     async def serve(self, subject: str, answer: Callable[[], Awaitable[str]]) -> None:
         """Answer `subject` on the control account (the leader does, e.g. for
@@ -244,7 +270,13 @@ class Leadership:
             raise LookupError("no bridge leads right now") from None
         return msg.data.decode()
 
-    async def close(self) -> None:
-        await self.lease.release()
+    async def close(self, release: bool = True) -> None:
+        """Stop renewing; release the lease (a standby takes over at once) unless it was
+        lost already; close the link."""
+        if self.keeper is not None:
+            self.keeper.cancel()
+            await asyncio.gather(self.keeper, return_exceptions=True)
+        if release:
+            await self.lease.release()
         if self.link is not None:
-            await self.link.stop(grace=0.5)
+            await self.link.stop(grace=0.5 if release else 0.1)

@@ -73,6 +73,7 @@ class Pusher:
         async with account.lock:
             if account.pushed >= generation and not resend:
                 return False
+            self.guard()  # before signing and writing the row: an ex-leader writes nothing
             if not account.server_checked:
                 await self._catch_up_iat(account)
             if self.window:
@@ -224,6 +225,8 @@ class Pusher:
                       first_timeout: float | None = None, rest_timeout: float | None = None,
                       ) -> list[Reply]:
         """A broadcast on the system account; raw nats errors become PushError."""
+        if subject in (CLAIMS_UPDATE, CLAIMS_DELETE):
+            self.guard()  # at every send, resends included (leader.py: fencing)
         try:
             return await self.replies.gather(
                 self.nc, subject, payload, done,

@@ -42,8 +42,9 @@ def _pb_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
 
-async def _ask(nc, code: str, kind: str, body: dict) -> dict:
-    msg = await nc.request(control_subject(code, kind), json.dumps(body).encode(), timeout=10)
+async def _ask(nc, code: str, kind: str, body: dict, timeout: float = 10) -> dict:
+    msg = await nc.request(control_subject(code, kind), json.dumps(body).encode(),
+                           timeout=timeout)
     return json.loads(msg.data)
 
 
@@ -108,9 +109,10 @@ async def test_renewal_requests_refused_unless_due_and_own(bridge, admin, pb_env
         # a fresh JWT (an hour long here) is not due: an error that says when, no new JWT
         early = await _ask(nc_a, code_a, "renew", {"public_key": key_a, "jwt": a.jwt})
         assert early["status"] == "error" and "not due" in early["error"], early
-        # a key that is not the device's registered one
+        # a key that is not the device's registered one (with a JWT that is not a grant:
+        # past the early "not due" check, into the device's lane)
         other = natsjwt.decode(b.jwt)["sub"]
-        wrong = await _ask(nc_a, code_a, "renew", {"public_key": other, "jwt": a.jwt})
+        wrong = await _ask(nc_a, code_a, "renew", {"public_key": other, "jwt": "x"})
         assert wrong["status"] == "error" and "registered key" in wrong["error"], wrong
         bad = await _ask(nc_a, code_a, "renew", {"public_key": 7})
         assert bad["status"] == "error" and "public_key and jwt" in bad["error"]
@@ -135,25 +137,31 @@ async def test_another_tenants_device_is_unknown(bridge, admin, pb_env, nats_env
     away = await account_ready(admin, await new_tenant(admin))
     victim = await enroll(pb_env.url, admin, await new_device(admin, away))
     code = victim.device["code"]
-    # a service user of `home` asks for `away`'s device in its own account: unknown there
-    reply = await _ask_as_service(admin, nats_env, home, code, None, kind="config")
+    # a service user of `home` asks for `away`'s device in its own account (with the
+    # device's inbox as reply, the only one answered): unknown there
+    reply = await _ask_as_service(admin, nats_env, home, code, None, kind="config",
+                                  inbox=device_inbox(code))
     assert reply["status"] == "error" and "no device" in reply["error"], reply
     # control: in its own tenant the same request is answered
-    reply = await _ask_as_service(admin, nats_env, away, code, None, kind="config")
+    reply = await _ask_as_service(admin, nats_env, away, code, None, kind="config",
+                                  inbox=device_inbox(code))
     assert reply["status"] == "ok"
+    # and with its own inbox as reply it gets no answer at all
+    with pytest.raises(nats.errors.TimeoutError):
+        await _ask_as_service(admin, nats_env, away, code, None, kind="config", timeout=1)
 
 
 async def _ask_as_service(admin, nats_env, tenant, code: str, command: str | None,
-                          kind: str = "") -> dict:
+                          kind: str = "", inbox: str = "_INBOX_svc_cairn-bridge",
+                          timeout: float = 10) -> dict:
     svc = await eventually(lambda: admin.first(
         "nats_users", f'tenant = "{tenant["id"]}" && name = "cairn-bridge" && jwt != ""'), 10)
-    nc = await connect(nats_env.url, svc["jwt"], svc["seed"],
-                       inbox_prefix="_INBOX_svc_cairn-bridge")
+    nc = await connect(nats_env.url, svc["jwt"], svc["seed"], inbox_prefix=inbox)
     try:
         if command is not None:
             msg = await nc.request(f"agents.{code}.cmd.{command}", b"{}", timeout=10)
             return json.loads(msg.data)
-        return await _ask(nc, code, kind, {})
+        return await _ask(nc, code, kind, {}, timeout)
     finally:
         await nc.close()
 

@@ -165,3 +165,23 @@ async def test_hostile_devices_config_is_refused_and_a_legit_one_applies(site, c
     # the restarted heartbeat task runs at the new 7 s pace
     first, second = await _beats_after(site.beats, len(site.beats), 2, 15)
     assert second - first > 6
+
+
+async def test_toggling_desired_intervals_never_runs_a_job_more_often(site):
+    """An operator flipping devices.config back and forth restarts only the job whose
+    interval changed, and that job keeps its phase: the hourly inventory is not re-run at
+    every flip, and the heartbeat does not fire at every flip either."""
+    app = site.app
+    await eventually(lambda: _ran(app, "inventory"), 10, "the first inventory")
+    inventory_at = app.last_run["inventory"]
+    first_beats = len(site.beats)
+    for n in range(6):
+        await _set_config(site, {"intervals": {"heartbeat": 30 + n % 2}})
+        await app.refresh_desired()
+    assert app.jobs["heartbeat"][0] in (30.0, 31.0)  # control: the change did apply
+    assert app.last_run["inventory"] == inventory_at, "a flip re-ran the inventory"
+    assert len(site.beats) - first_beats <= 2, "each flip fired a heartbeat"
+
+
+async def _ran(app, name: str) -> bool:
+    return name in app.last_run
