@@ -52,7 +52,7 @@ from bench.fleet_measure import (
     wildcard_ping,
 )
 from bench.fleet_procs import Simulators
-from bench.fleet_revoke import revocation_latency
+from bench.fleet_revoke import enroll_probes, revocation_latency, time_revocations
 from bench.stack import machine, pids_by_role, start
 from cairn_common.natsauth import connect_options, service_inbox
 from cairn_common.pocketbase import PocketBase, pb_date
@@ -107,6 +107,7 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
     admin = PocketBase(target.pb_url, timeout=120)
     await admin.auth_superuser(target.email, target.password)
     sims: Simulators | None = None
+    limiter: bool | None = None
     tmp = Path(tempfile.mkdtemp(prefix="cairn-fleet-"))  # 0700
     try:
         slug = f"fleet-{secrets.token_hex(3)}"
@@ -116,6 +117,7 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         summary["tenant"] = slug
         watched = {k: v for k, v in target.pids.items() if not k.startswith("nats")}
         summary["cpu_at_rest_pct"] = await cpu_percent(watched, cfg.rest) if watched else {}
+        limiter = await set_auth_rate_limit(admin, False)  # restored in `finally`
         if cfg.revocations:  # baseline: revocation latency with no fleet at all
             summary["revocation_at_rest"] = await revocation_latency(
                 admin, tenant, target.pb_url, target.nats_urls, cfg.revocations)
@@ -123,14 +125,9 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         bulk = await bulk_rows(admin, slug, "sim", cfg.agents, tmp / "devices.csv")
         summary["bulk_create"] = {"rows": len(bulk.created), "seconds": round(bulk.seconds, 1),
                                   "rate_per_s": round(bulk.rate, 1)}
-        limiter = await set_auth_rate_limit(admin, False)
         since = pb_date(time.time())
-        try:
-            enrolled, seconds = await enroll_all(
-                target.pb_url, [(c.code, c.secret) for c in bulk.created],
-                cfg.enroll_concurrency)
-        finally:
-            await set_auth_rate_limit(admin, limiter)
+        enrolled, seconds = await enroll_all(
+            target.pb_url, [(c.code, c.secret) for c in bulk.created], cfg.enroll_concurrency)
         until = pb_date(time.time() + 0.001)
         (tmp / "devices.csv").unlink()  # the secrets are no longer needed
         summary["enrollment"] = {"agents": len(enrolled), "seconds": round(seconds, 1),
@@ -161,15 +158,16 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         finally:
             await nc.close()
 
+        probes = await enroll_probes(admin, tenant, target.pb_url, target.nats_urls,
+                                     cfg.revocations)  # their logins before the window
         await asyncio.sleep(cfg.settle)
         before = await sims.stats()
         start_at = pb_date(time.time())
         sampled = cpu_percent({**watched, **{f"simulator-{i}": p for i, p in
                                              enumerate(sims.pids)}}, cfg.duration)
-        if cfg.revocations:  # the same, while the fleet heartbeats
+        if probes:  # the same, while the fleet heartbeats
             steady, summary["revocation_under_load"] = await asyncio.gather(
-                sampled, revocation_latency(admin, tenant, target.pb_url, target.nats_urls,
-                                            cfg.revocations))
+                sampled, time_revocations(admin, probes))
         else:
             steady = await sampled
         end_at = pb_date(time.time())
@@ -193,6 +191,8 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
     finally:
         if sims is not None:
             await sims.stop()
+        if limiter is not None:
+            await set_auth_rate_limit(admin, limiter)
         await admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -43,11 +43,27 @@ async def _probe(admin: PocketBase, tenant: dict[str, Any], pb_url: str,
     return row["id"], nc, closed
 
 
+Probe = tuple[str, Any, asyncio.Event]
+
+
+async def enroll_probes(admin: PocketBase, tenant: dict[str, Any], pb_url: str,
+                        servers: tuple[str, ...], samples: int) -> list[Probe]:
+    """Enrolled and connected devices to disable later (their logins happen now, not in
+    a window whose password logins are being counted)."""
+    return [await _probe(admin, tenant, pb_url, servers) for _ in range(samples)]
+
+
 async def revocation_latency(admin: PocketBase, tenant: dict[str, Any], pb_url: str,
                              servers: tuple[str, ...], samples: int = 20,
                              gap: float = 0.5) -> dict[str, Any]:
     """p50/p99/max in ms over `samples` disables, `gap` seconds apart."""
-    probes = [await _probe(admin, tenant, pb_url, servers) for _ in range(samples)]
+    return await time_revocations(
+        admin, await enroll_probes(admin, tenant, pb_url, servers, samples), gap)
+
+
+async def time_revocations(admin: PocketBase, probes: list[Probe],
+                           gap: float = 0.5) -> dict[str, Any]:
+    samples = len(probes)
     took: list[float] = []
     missed = 0
     for row_id, nc, closed in probes:

@@ -11,7 +11,9 @@ from bench.fleet import FleetConfig, run
 @pytest.mark.timeout(90)
 async def test_fleet_of_twenty_runs_every_phase():
     summary = await run(FleetConfig(agents=20, processes=1, heartbeat=1, telemetry=2,
-                                    duration=4, rest=1, settle=1))
+                                    duration=4, rest=1, settle=1, revocations=2))
+    for phase in ("revocation_at_rest", "revocation_under_load"):
+        assert summary[phase]["missed"] == 0 and summary[phase]["p99_ms"] > 0, summary[phase]
     assert summary["bulk_create"]["rows"] == 20
     assert summary["enrollment"]["agents"] == 20
     assert summary["connect"]["connected"] == 20 and summary["connect"]["failed"] == 0

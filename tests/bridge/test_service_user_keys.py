@@ -123,5 +123,5 @@ def test_user_jwt_ttl_minimum_is_named(tmp_path):
         load({**env, "CAIRN_USER_JWT_TTL": "59"})
     assert load({**env, "CAIRN_USER_JWT_TTL": "60"}).user_jwt_ttl == 60
     with pytest.raises(BridgeError, match="at least 60 seconds"):
-        BridgeConfig(data_dir=tmp_path, pb_url="", nats_url="", admin_email="",
-                     admin_password="", user_jwt_ttl=30)
+        BridgeConfig(data_dir=tmp_path, pb_url="", nats_url="nats://127.0.0.1:4222",
+                     admin_email="", admin_password="", user_jwt_ttl=30)
