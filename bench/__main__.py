@@ -11,6 +11,7 @@ import sys
 from bench import (
     agent_bench,
     bridge_bulk,
+    bridge_failover,
     bridge_latency,
     cluster,
     dispatch_bench,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "dispatch": lambda: dispatch_bench.report(asyncio.run(dispatch_bench.run())),
     "guards": lambda: guards_bench.report(guards_bench.run()),
     "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
+    "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
     # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)
     "soak": lambda: soak.report(asyncio.run(soak.run(SOAK_MINUTES))),
     # not in the default run: 1,000 agents (~5 minutes); `python -m bench fleet --help`

@@ -27,6 +27,7 @@ from agent.config import AgentConfig, from_dict
 from agent.context import VERSION, Context
 from agent.dispatcher import Dispatcher, now_rfc3339
 from agent.telemetry import heartbeat_doc
+from cairn_common.link_settings import connection_status
 from cairn_common.natsauth import connect_options, device_inbox
 
 COMMAND_QUEUE = "cairn-agent"  # as agent/app.py subscribes (overlapping connections share)
@@ -96,15 +97,7 @@ class SimAgent:
         return {**self._inventory_doc, "timestamp": now_rfc3339()}
 
     def nats_status(self) -> dict[str, Any]:
-        nc = self.nc
-        if nc is None:
-            return {"connected": False, "url": None, "reconnects": 0, "in_msgs": 0,
-                    "out_msgs": 0}
-        url = nc.connected_url
-        return {"connected": nc.is_connected,
-                "url": f"{url.scheme}://{url.hostname}:{url.port}" if url else None,
-                "reconnects": nc.stats["reconnects"], "in_msgs": nc.stats["in_msgs"],
-                "out_msgs": nc.stats["out_msgs"]}
+        return connection_status(self.nc)
 
     async def connect(self) -> None:
         counters = self.counters

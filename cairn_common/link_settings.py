@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -65,3 +66,15 @@ def auth_reason(error: BaseException | None) -> str | None:
     if isinstance(error, nats.errors.AuthorizationError) or "authorization violation" in text:
         return "authorization"
     return None
+
+
+def connection_status(nc: NATS | None) -> dict[str, Any]:
+    """The `nats` part of an agent's health document, for one connection (or none)."""
+    if nc is None:
+        return {"connected": False, "url": None, "reconnects": 0, "in_msgs": 0,
+                "out_msgs": 0}
+    url = nc.connected_url
+    return {"connected": nc.is_connected,
+            "url": f"{url.scheme}://{url.hostname}:{url.port}" if url else None,
+            "reconnects": nc.stats["reconnects"], "in_msgs": nc.stats["in_msgs"],
+            "out_msgs": nc.stats["out_msgs"]}

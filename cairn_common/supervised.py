@@ -47,6 +47,7 @@ from cairn_common.link_settings import (
     LinkSettings,
     OnConnect,
     auth_reason,
+    connection_status,
 )
 from cairn_common.renewable import Renewable, RenewError, lifetime
 from cairn_common.retiring import Holds, close, drain, drain_subscriptions
@@ -89,15 +90,7 @@ class SupervisedLink:
         return self._nc is not None and self._nc.is_connected
 
     def status(self) -> dict[str, Any]:
-        nc = self._nc
-        if nc is None:
-            return {"connected": False, "url": None, "reconnects": 0, "in_msgs": 0,
-                    "out_msgs": 0}
-        url = nc.connected_url
-        return {"connected": nc.is_connected,
-                "url": f"{url.scheme}://{url.hostname}:{url.port}" if url else None,
-                "reconnects": nc.stats["reconnects"], "in_msgs": nc.stats["in_msgs"],
-                "out_msgs": nc.stats["out_msgs"]}
+        return connection_status(self._nc)
 
     def take(self, nc: NATS | None = None) -> Callable[[], None]:
         """Mark `nc` (default: the current connection) busy now; call the returned function
