@@ -16,7 +16,9 @@ from bench import (
     cluster,
     dispatch_bench,
     fleet,
+    fleet_chaos,
     guards_bench,
+    revocation_walk,
     router_bench,
     soak,
 )
@@ -32,13 +34,19 @@ BENCHMARKS = {
     "guards": lambda: guards_bench.report(guards_bench.run()),
     "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
     "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
+    # not in the default run: 10,000 connections (~3 minutes)
+    "revocation-walk": lambda: revocation_walk.report(asyncio.run(revocation_walk.run())),
     # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)
     "soak": lambda: soak.report(asyncio.run(soak.run(SOAK_MINUTES))),
     # not in the default run: 1,000 agents (~5 minutes); `python -m bench fleet --help`
     "fleet": lambda: json.dumps(asyncio.run(fleet.run(fleet.parse(["--agents", "1000"]))),
                                 indent=2),
+    # not in the default run: chaos drills under a fleet of 2,000 agents (~10 minutes);
+    # `python -m bench fleet-chaos --help`
+    "fleet-chaos": lambda: json.dumps(asyncio.run(fleet_chaos.run(fleet_chaos.parse([]))),
+                                      indent=2),
 }
-NOT_DEFAULT = {"soak", "fleet"}
+NOT_DEFAULT = {"soak", "fleet", "fleet-chaos", "revocation-walk"}
 DEFAULT = [n for n in BENCHMARKS if n not in NOT_DEFAULT]
 
 
@@ -46,12 +54,15 @@ def main() -> None:
     if sys.argv[1:2] == ["fleet"]:  # the fleet simulator has options of its own
         fleet.main(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["fleet-chaos"]:  # so do the chaos drills
+        fleet_chaos.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Run Cairn's benchmarks against real servers they start themselves. "
         "Record the figures in docs/benchmarks.md.")
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="which to run (default: all but soak and fleet): "
+                        help="which to run (default: all but soak, fleet and fleet-chaos): "
                         f"{', '.join(BENCHMARKS)}")
     args = parser.parse_args()
     unknown = [n for n in args.names if n not in BENCHMARKS]

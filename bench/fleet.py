@@ -25,6 +25,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 
 from bench.fleet_agents import LoadConfig, raise_fd_limit
@@ -52,7 +54,7 @@ from bench.fleet_measure import (
     wildcard_ping,
 )
 from bench.fleet_procs import Simulators
-from bench.fleet_revoke import enroll_probes, revocation_latency, time_revocations
+from bench.fleet_revoke import enroll_probes, revocation_latency, time_burst, time_revocations
 from bench.stack import machine, pids_by_role, start
 from cairn_common.natsauth import connect_options, service_inbox
 from cairn_common.pocketbase import PocketBase, pb_date
@@ -77,6 +79,7 @@ class FleetConfig:
     connect_concurrency: int = 200
     keep_stack: bool = False  # keep a private stack's directory (logs) after the run
     revocations: int = 20  # disables timed at rest and under load (0: none)
+    burst: int = 10  # devices disabled at once, at rest and under load (0: none)
 
     @property
     def process_count(self) -> int:
@@ -90,6 +93,7 @@ class Target:
     email: str
     password: str
     pids: dict[str, int]
+    bridge_metrics_port: int = 0  # 0: the bridge's counters are not read
 
 
 def _pids(pairs: list[tuple[str, int]]) -> dict[str, int]:
@@ -121,6 +125,9 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         if cfg.revocations:  # baseline: revocation latency with no fleet at all
             summary["revocation_at_rest"] = await revocation_latency(
                 admin, tenant, target.pb_url, target.nats_urls, cfg.revocations)
+        if cfg.burst:
+            summary["revocation_burst_at_rest"] = await time_burst(admin, await enroll_probes(
+                admin, tenant, target.pb_url, target.nats_urls, cfg.burst))
 
         bulk = await bulk_rows(admin, slug, "sim", cfg.agents, tmp / "devices.csv")
         summary["bulk_create"] = {"rows": len(bulk.created), "seconds": round(bulk.seconds, 1),
@@ -160,16 +167,22 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
 
         probes = await enroll_probes(admin, tenant, target.pb_url, target.nats_urls,
                                      cfg.revocations)  # their logins before the window
+        burst = await enroll_probes(admin, tenant, target.pb_url, target.nats_urls, cfg.burst)
         await asyncio.sleep(cfg.settle)
         before = await sims.stats()
+        counted = (await asyncio.to_thread(bridge_counters, target.bridge_metrics_port)
+                   if target.bridge_metrics_port else {})
         start_at = pb_date(time.time())
         sampled = cpu_percent({**watched, **{f"simulator-{i}": p for i, p in
                                              enumerate(sims.pids)}}, cfg.duration)
-        if probes:  # the same, while the fleet heartbeats
-            steady, summary["revocation_under_load"] = await asyncio.gather(
-                sampled, time_revocations(admin, probes))
-        else:
-            steady = await sampled
+
+        async def revocations_under_load() -> None:
+            if probes:
+                summary["revocation_under_load"] = await time_revocations(admin, probes)
+            if burst:
+                summary["revocation_burst_under_load"] = await time_burst(admin, burst)
+
+        steady, _ = await asyncio.gather(sampled, revocations_under_load())
         end_at = pb_date(time.time())
         after = await sims.stats()
         summary["steady"] = _steady(cfg, steady, summary["cpu_at_rest_pct"], before, after)
@@ -185,6 +198,10 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         online = await admin._send("GET", "/api/collections/devices/records", params={
             "filter": f'tenant = "{tenant["id"]}" && online = true', "perPage": 1})
         summary["devices_online_in_pocketbase"] = online["totalItems"]
+        if target.bridge_metrics_port:  # what changed during the steady window
+            now = await asyncio.to_thread(bridge_counters, target.bridge_metrics_port)
+            summary["bridge_counters_steady"] = {
+                k: round(v - counted.get(k, 0.0), 3) for k, v in now.items()}
         summary["rss_mb"] = {
             **{name: round(rss_mb(pid) or 0) for name, pid in target.pids.items()},
             **{f"simulator-{i}": round(s.get("rss_mb") or 0) for i, s in enumerate(after)}}
@@ -195,6 +212,23 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
             await set_auth_rate_limit(admin, limiter)
         await admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bridge_counters(port: int) -> dict[str, float]:
+    """What the bridge saw (its /metrics): kicks by outcome, pushes and their time, and the
+    realtime event lag, so a slow revocation can be placed on one side or the other."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {"unreadable": 1.0, "port": float(port)}
+    wanted = ("cairn_bridge_revocation_kicks_total", "cairn_bridge_account_push_seconds_sum",
+              "cairn_bridge_revocation_kick_seconds_sum",
+              "cairn_bridge_event_step_seconds_sum", "cairn_bridge_event_step_seconds_count",
+              "cairn_bridge_revocation_kick_seconds_count",
+              "cairn_bridge_account_push_seconds_count", "cairn_bridge_event_lag_seconds_sum",
+              "cairn_bridge_event_lag_seconds_count")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(wanted)}
 
 
 def _steady(cfg: FleetConfig, cpu: dict[str, float | None], rest: dict[str, float | None],
@@ -233,7 +267,8 @@ async def run(cfg: FleetConfig) -> dict[str, Any]:
             raise SystemExit("--pb-url needs --nats-url and CAIRN_ADMIN_EMAIL / "
                              "CAIRN_ADMIN_PASSWORD (the superuser) in the environment")
         pids = _pids(pids_by_role(cfg.stack_pid)) if cfg.stack_pid else {}
-        target = Target(cfg.pb_url, cfg.nats_urls, email, password, pids)
+        target = Target(cfg.pb_url, cfg.nats_urls, email, password, pids,
+                        int(os.environ.get("CAIRN_BRIDGE_METRICS_PORT") or 0))
     else:
         stack = await asyncio.to_thread(start)
         assert stack.bridge is not None
@@ -241,7 +276,8 @@ async def run(cfg: FleetConfig) -> dict[str, Any]:
                         (f"nats://127.0.0.1:{stack.settings.nats_port}",),
                         stack.admin.email, stack.admin.password,
                         {"nats": stack.nats.proc.pid, "pocketbase": stack.pb.proc.pid,
-                         "bridge": stack.bridge.proc.pid})
+                         "bridge": stack.bridge.proc.pid},
+                        stack.settings.bridge_metrics_port or 0)
     summary["nats_urls"] = list(target.nats_urls)
     try:
         await _phases(cfg, target, summary)
@@ -283,6 +319,9 @@ def parse(argv: list[str] | None = None) -> FleetConfig:
     p.add_argument("--revocations", type=int, default=20,
                    help="devices disabled one by one at rest and during the steady window, "
                    "timed until the server drops them (20; 0 = skip)")
+    p.add_argument("--burst", type=int, default=10,
+                   help="devices disabled all at once, at rest and during the steady window "
+                   "(10; 0 = skip)")
     p.add_argument("--keep-stack", action="store_true",
                    help="keep the private stack's directory (its logs) instead of removing it")
     a = p.parse_args(argv)
@@ -294,11 +333,22 @@ def parse(argv: list[str] | None = None) -> FleetConfig:
                        nats_urls=urls, pb_url=a.pb_url, stack_pid=a.stack_pid,
                        enroll_concurrency=a.enroll_concurrency,
                        connect_concurrency=a.connect_concurrency, keep_stack=a.keep_stack,
-                       revocations=a.revocations)
+                       revocations=a.revocations, burst=a.burst)
+
+
+async def _until_signalled(cfg: FleetConfig) -> dict[str, Any]:
+    """`run`, cancelled by SIGTERM as by Ctrl-C, so its stack and simulators are stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
-    summary = asyncio.run(run(parse(argv)))
+    try:
+        summary = asyncio.run(_until_signalled(parse(argv)))
+    except asyncio.CancelledError:
+        raise SystemExit("stopped (SIGTERM); the stack and simulators were stopped") from None
     print(json.dumps(summary, indent=2), flush=True)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from cairn_common import logs
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase, PocketBaseError
-from pb_hooks_bridge import backup_cli
+from pb_hooks_bridge import backup_cli, control_account
 from pb_hooks_bridge.app import Bridge
 from pb_hooks_bridge.bootstrap import bootstrap, check_secrets
 from pb_hooks_bridge.bulk_devices import (
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("bootstrap", help="create the operator and system account once (idempotent)")
+    sub.add_parser("bootstrap", help="create the operator, the system account and the "
+                   "cairn-control account once (idempotent)")
     run = sub.add_parser("run", help="follow PocketBase and keep NATS in step (the service)")
     run.add_argument("--metrics-port", type=int, default=None,
                      help="serve Prometheus /metrics on 127.0.0.1:PORT "
@@ -165,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             result = bootstrap(layout)
             state = "created " + ", ".join(result.changed) if result.changed else "unchanged"
             print(f"operator {result.operator_public}\nsystem account {result.system_account}\n"
-                  f"{state}")
+                  f"control account {result.control_account}\n{state}")
             return 0
         request = _bulk_request(args) if args.command == "devices-bulk" else None
         check_secrets(layout)  # before anything reads the login or a seed
+        if args.command in ("run", "reconcile"):  # only bootstrap makes it (control_account)
+            control_account.require(layout)
         config = load_config(data_dir=args.data_dir,
                              metrics_port=getattr(args, "metrics_port", None))
         if args.command == "run":

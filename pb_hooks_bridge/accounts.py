@@ -57,6 +57,9 @@ class Account:
     def signing_public_key(self) -> str:
         return self.signing.public_key.decode()
 
+    def desired_revocations(self) -> dict[str, int]:
+        return dict(self.desired_claims()["nats"].get("revocations") or {})
+
     def desired_claims(self) -> dict[str, Any]:
         revocations = dict(self.revocations)
         nats_limits = dict(self.limits)

@@ -36,6 +36,7 @@ from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.freshness import Freshness
 from pb_hooks_bridge.identities import BRIDGE_USER, Identities
+from pb_hooks_bridge.kicker import Kicker
 from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
 from pb_hooks_bridge.leader import RECONCILE, Leadership
 from pb_hooks_bridge.links import TenantLinks
@@ -76,7 +77,8 @@ class Bridge:
         """Everything, once this bridge leads (with `standby=False`: only if the lease is
         free now; else `leading` stays False)."""
         cfg = self.config
-        result = bootstrap(cfg.layout)  # idempotent; refuses to replace lost keys
+        result = bootstrap(cfg.layout, make_control=False)  # idempotent; never makes keys a
+        # running bridge should have been given (the control account: `cairn-bridge bootstrap`)
         operator = load_operator(cfg.layout)
         self.nc = await self._connect_sys()
         # one bridge leads, others wait here (leader.py); only the leader does anything
@@ -97,6 +99,7 @@ class Bridge:
         self.pusher = Pusher(self.nc, self.pb, operator, result.system_account,
                              window=cfg.push_window)
         self.pusher.guard = self.leadership.lease.check  # a paused ex-leader never pushes
+        await self._start_kicker()
         self.cluster = ClusterWatch(self.pusher, self.accounts)  # re-push to returning nodes
         self.links = TenantLinks(cfg.nats_url)
         self.freshness = Freshness()
@@ -214,6 +217,8 @@ class Bridge:
         if hasattr(self, "links"):
             await self.links.close_all()
         await self.leadership.close(release=not self.lost_lease)  # a standby takes over
+        for link in getattr(self, "kick_links", []):
+            await link.stop(grace=0.1)
         if hasattr(self, "sys_link"):
             await self.sys_link.stop()
         await self.pb.close()
@@ -268,6 +273,26 @@ class Bridge:
                 {"batch": {"enabled": True, "maxRequests": 200, "timeout": 10}})
         except PocketBaseError as exc:
             log.warning("could not enable the batch API", extra={"error": str(exc)})
+
+    async def _start_kicker(self) -> None:
+        """SYS connections for kicking revoked connections (kicker.py), one to each
+        server. Not reaching them within 10 s only costs revocation latency, so start-up
+        goes on; the links keep trying."""
+
+        async def on_connect(nc: NATS) -> None:
+            return None
+
+        urls = self.config.nats_urls
+        self.kick_links = [sys_link(self.config, on_connect, None, f"kick-{i + 1}", (url,))
+                           for i, url in enumerate(urls)]
+        self.pusher.kicker = Kicker([lambda link=link: link.nc for link in self.kick_links],
+                                    self.leadership.lease.check)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(
+                *(link.start() for link in self.kick_links))), 10)
+        except TimeoutError:
+            log.warning("not every kick connection is up yet; revocations on those servers "
+                        "wait for the server's own walk until it is")
 
     async def _connect_sys(self) -> NATS:
         """The SYS link (account pushes), supervised like every other connection; a

@@ -1,10 +1,16 @@
-"""Create the NATS operator and system account once, and the server include file from them.
+"""Create the NATS operator, the system account and Cairn's control account once, and the
+server include file from them.
 
 Regenerating an operator would orphan every tenant account signed by it, so anything that
 looks like existing key material that is missing or corrupt stops bootstrap with a message
 instead of being replaced. Key material open to other local users stops it too (and every
 other bridge command, see `check_secrets`): the bridge refuses loose secrets, it does not
 fix them; `make run` tightens the data dir it owns before it calls us.
+
+The control account (`cairn-control`, where bridges elect their leader) is made here and
+nowhere else, and its public key goes into the operator JWT as a tag, so every NATS node
+given this operator.conf names it; a bridge with another one refuses to lead
+(control_account.py).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import nkeys
 
 from cairn_common import creds, filemodes, natsjwt, nkey
 from cairn_common.layout import DataLayout
+from pb_hooks_bridge import control_account
 from pb_hooks_bridge.errors import BootstrapError
 
 log = logging.getLogger(__name__)
@@ -32,18 +39,24 @@ class BootstrapResult:
     operator_public: str
     system_account: str
     changed: list[str]
+    control_account: str = ""
 
 
-def bootstrap(layout: DataLayout) -> BootstrapResult:
-    """Idempotent: a second call with intact files changes nothing."""
+def bootstrap(layout: DataLayout, make_control: bool = True) -> BootstrapResult:
+    """Idempotent: a second call with intact files changes nothing. A running bridge passes
+    `make_control=False`: without a control account it refuses (ControlAccountError)
+    before anything is written, instead of making one of its own."""
     for directory in (layout.root, layout.secrets_dir, layout.nats_dir):
         filemodes.private_dir(directory, tighten=False)  # new ones 0700; old ones are checked
     check_secrets(layout)
+    if not make_control:
+        control_account.require(layout)
     changed: list[str] = []
 
     operator = _load_or_create_seed(
         layout.operator_seed, "operator",
-        derived=[layout.operator_jwt, layout.nats_include, layout.sys_account_seed],
+        derived=[layout.operator_jwt, layout.nats_include, layout.sys_account_seed,
+                 control_account.seed_path(layout)],
         changed=changed,
     )
     sys_account = _load_or_create_seed(
@@ -51,16 +64,17 @@ def bootstrap(layout: DataLayout) -> BootstrapResult:
         derived=[layout.sys_account_jwt, layout.sys_user_creds] if not changed else [],
         changed=changed,
     )
+    control_public = control_account.create(layout, changed)
     operator_public = operator.public_key.decode()
     sys_public = sys_account.public_key.decode()
 
     operator_jwt = _derived_jwt(
         layout.operator_jwt,
         valid=lambda c: c.get("sub") == operator_public
-        and c.get("nats", {}).get("system_account") == sys_public,
+        and c.get("nats", {}).get("system_account") == sys_public
+        and control_account.tagged_keys(c) == [control_public],
         make=lambda: natsjwt.encode(
-            natsjwt.operator_claims(operator_public, OPERATOR_NAME, sys_public), operator
-        ),
+            _operator_claims(operator_public, sys_public, control_public), operator),
         changed=changed,
     )
     sys_jwt = _derived_jwt(
@@ -79,7 +93,7 @@ def bootstrap(layout: DataLayout) -> BootstrapResult:
         changed.append(str(layout.nats_include))
     if changed:
         log.info("bootstrap wrote key material", extra={"files": changed})
-    return BootstrapResult(operator_public, sys_public, changed)
+    return BootstrapResult(operator_public, sys_public, changed, control_public)
 
 
 def check_secrets(layout: DataLayout) -> None:
@@ -106,6 +120,15 @@ def render_include(operator_jwt: str, sys_public: str, sys_jwt: str) -> str:
         f'  {sys_public}: "{sys_jwt}"\n'
         "}\n"
     )
+
+
+def _operator_claims(operator_public: str, sys_public: str, control_public: str
+                     ) -> dict[str, Any]:
+    """The operator's claims, naming the one control account of this operator (a tag the
+    servers show in their varz, for the bridges to check theirs against)."""
+    claims = natsjwt.operator_claims(operator_public, OPERATOR_NAME, sys_public)
+    claims["nats"]["tags"] = [control_account.tag(control_public)]
+    return claims
 
 
 def _load_or_create_seed(

@@ -64,9 +64,12 @@ class Broadcast:
             queue.put_nowait(msg)
 
     async def gather(self, nc: NATS, subject: str, payload: bytes, done: Done,
-                     first_timeout: float, rest_timeout: float) -> list[Reply]:
+                     first_timeout: float, rest_timeout: float,
+                     sent: asyncio.Event | None = None) -> list[Reply]:
         """Publish once; collect replies until `done(replies)`, `first_timeout` without any,
-        or `rest_timeout` after the first. Raises nats errors of the publish."""
+        or, after the first, `rest_timeout` or as long as the first took (the longer).
+        Raises nats errors of the publish. `sent` is set once the message is handed to the
+        connection."""
         prefix = await self._ready(nc)
         token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -75,6 +78,9 @@ class Broadcast:
         replies: list[Reply] = []
         try:
             await nc.publish(subject, payload, reply=f"{prefix}.{token}")
+            started = loop.time()
+            if sent is not None:
+                sent.set()
             deadline = loop.time() + first_timeout
             while not done(replies):
                 left = deadline - loop.time()
@@ -84,8 +90,10 @@ class Broadcast:
                     msg = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
                     break
-                if not replies:
-                    deadline = min(deadline, loop.time() + rest_timeout)
+                if not replies:  # the others get at least as long as the first took: a
+                    # server busy applying a big account JWT answers late, not never
+                    deadline = min(deadline, loop.time() + max(rest_timeout,
+                                                                loop.time() - started))
                 replies.append(Reply.read(msg.data))
             return replies
         finally:

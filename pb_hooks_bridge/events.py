@@ -85,12 +85,20 @@ class EventRouter:
                 return
             if event.action in ("create", "delete"):
                 self._forget_device(record, deleted)
+        arrived = time.time()
+        updated = _stamp(record)
+        if updated is not None:
+            metrics.EVENT_STEPS.labels("arrive").observe(max(0.0, arrived - updated))
         self.lanes.submit(f"{event.collection}:{record.get('id')}",
-                          lambda: self.handle(event))
+                          lambda: self.handle(event, arrived))
 
-    async def handle(self, event: RealtimeEvent) -> None:
+    async def handle(self, event: RealtimeEvent, arrived: float | None = None) -> None:
+        started = time.time()
+        if arrived is not None:
+            metrics.EVENT_STEPS.labels("queue").observe(max(0.0, started - arrived))
         metrics.EVENTS.labels(event.collection, event.action).inc()
         await self.apply(event.collection, event.record, deleted=event.action == "delete")
+        metrics.EVENT_STEPS.labels("handle").observe(time.time() - started)
         _observe_lag(event.record)
 
     async def apply(self, collection: str, record: dict[str, Any], deleted: bool = False,
@@ -266,15 +274,21 @@ class EventRouter:
                               lambda r=row: self.apply("nats_users", r))
 
 
-def _observe_lag(record: dict[str, Any]) -> None:
+def _stamp(record: dict[str, Any]) -> float | None:
+    """The record's `updated` as epoch seconds (None when absent or unreadable)."""
     updated = record.get("updated")
-    if not updated:
-        return
+    if not updated or not isinstance(updated, str):
+        return None
     try:
-        stamp = datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        return
-    metrics.EVENT_LAG.observe(max(0.0, time.time() - stamp))
+        return None
+
+
+def _observe_lag(record: dict[str, Any]) -> None:
+    stamp = _stamp(record)
+    if stamp is not None:
+        metrics.EVENT_LAG.observe(max(0.0, time.time() - stamp))
 
 
 async def follow(pb: PocketBase, router: EventRouter,

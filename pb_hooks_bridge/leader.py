@@ -1,11 +1,12 @@
 """One bridge leads; any other bridge stands by and takes over when the leader dies.
 
-The lease is one key in a KV bucket of Cairn's own account (control_account.py) whose
-entries expire after TTL seconds. The leader rewrites it every RENEW seconds with a
-compare-and-set on the revision it last wrote, so a second writer can never slip in
-unnoticed. A standby tries to create the key every RETRY seconds, which succeeds only
-once the leader's last entry has expired: a dead leader is replaced within about
-TTL + RETRY seconds.
+The lease is one key in a KV bucket of Cairn's own account (control_account.py: made by
+bootstrap, checked against the servers before a bridge stands, so that every bridge
+leases in the same bucket) whose entries expire after TTL seconds. The leader rewrites it
+every RENEW seconds with a compare-and-set on the revision it last wrote, so a second
+writer can never slip in unnoticed. A standby tries to create the key every RETRY
+seconds, which succeeds only once the leader's last entry has expired: a dead leader is
+replaced within about TTL + RETRY seconds.
 
 Fencing. A leader that was paused (SIGSTOP, a long GC, a hung VM) may wake up after its
 lease expired and another bridge took over. Before every account push it calls `check`,
@@ -30,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+import nkeys
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
@@ -208,12 +210,15 @@ class Leadership:
         self.keeper: asyncio.Task[None] | None = None
         self.on_lost: Callable[[], None] = lambda: None  # the bridge stops what it does
 
-    async def stand(self, sys_nc: NATS, operator: object, layout: DataLayout,
+    async def stand(self, sys_nc: NATS, operator: nkeys.KeyPair, layout: DataLayout,
                     stopping: asyncio.Event, wait: bool = True) -> bool:
-        """Make the control account known, connect to it, and wait for the lease
-        (True: this bridge leads; False: it was stopped while standing by, or the lease
-        is held and `wait` is False)."""
-        control = self.control = control_account.ensure(layout, operator)
+        """Check the control account against the servers, make it known, connect to it,
+        and wait for the lease (True: this bridge leads; False: it was stopped while
+        standing by, or the lease is held and `wait` is False). ControlAccountError when
+        bootstrap made none here, ForeignControlAccount when the servers name another:
+        leasing in a bucket of its own would make this bridge a second leader."""
+        control = self.control = control_account.load(layout, operator)
+        await control_account.verify(sys_nc, control, operator.public_key.decode())
         await control_account.push(sys_nc, control)
         opened = asyncio.Event()
 

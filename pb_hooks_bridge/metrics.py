@@ -55,3 +55,16 @@ ACCOUNT_CONNECTION_LIMIT = Gauge("cairn_bridge_account_connection_limit",
 LEADER = Gauge("cairn_bridge_leader", "1 while this bridge holds the leader lease")
 LEASES_LOST = Counter("cairn_bridge_leases_lost_total",
                       "Times this bridge lost the leader lease (it then stands by again)")
+KICKS = Counter("cairn_bridge_revocation_kicks_total",
+                "Live connections of a just-revoked key cut at once (kicker.py), by outcome: "
+                "kicked, gone, failed, no-link, skipped (too many keys in one push)",
+                ["outcome"])
+KICK_SECONDS = Histogram("cairn_bridge_revocation_kick_seconds",
+                         "Time in each step of a kick: find (CONNZ), in-force (until the "
+                         "server shows the revocation), kick (the KICK request)", ["step"],
+                         buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+EVENT_STEPS = Histogram(
+    "cairn_bridge_event_step_seconds",
+    "Where a realtime event's time goes: arrive (record updated -> the bridge reads it), "
+    "queue (read -> its lane starts), handle (lane start -> done)", ["step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

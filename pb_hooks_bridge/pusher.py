@@ -30,6 +30,7 @@ from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import MAX_IAT_LEAD, Account
 from pb_hooks_bridge.broadcast import Broadcast, Reply
 from pb_hooks_bridge.errors import BridgeError
+from pb_hooks_bridge.kicker import Kicker, newly_revoked
 from pb_hooks_bridge.servers import ServerRoster
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,25 @@ class PushError(BridgeError):
 
 class Pusher:
     def __init__(self, nc: NATS, pb: PocketBase, operator: nkeys.KeyPair, system_account: str,
-                 window: float = 0.01, timeout: float = 5.0, straggle: float = 0.5,
+                 window: float = 0.01, timeout: float = 15.0, straggle: float = 0.5,
                  resends: int = 1) -> None:
         self.nc = nc
         self.system_account = system_account
         self.pb = pb
         self.operator = operator
         self.window = window
-        self.timeout = timeout  # for the first reply
+        # for the first reply: nats-server answers a push only after re-checking every
+        # connection of the account (~0.13 ms each, kicker.py), and handles the pushes of
+        # one SYS connection one after another, so a push can wait for a few big ones
+        self.timeout = timeout
         self.straggle = straggle  # for the other servers' replies after the first
         self.resends = resends  # extra sends to servers that did not answer
         self.roster = ServerRoster()
         self.replies = Broadcast()
         # raises when this bridge may no longer push (leader.py: a paused ex-leader)
         self.guard: Callable[[], None] = lambda: None
+        # cuts the live connections a push revokes without waiting for the server's walk
+        self.kicker: Kicker | None = None
 
     async def push(self, account: Account, resend: bool = False) -> bool:
         """Make the server hold the account's current state; True when a new JWT was signed.
@@ -83,7 +89,9 @@ class Pusher:
                 await asyncio.sleep(lead - MAX_IAT_LEAD)
             target = account.wanted
             signed = not account.same_content(account.jwt)
+            cut: dict[str, int] = {}
             if signed:
+                cut = newly_revoked(_revocations(account.jwt), account.desired_revocations())
                 token = account.sign(self.operator)
                 # the row first: after a crash, PocketBase holds a JWT at least as new as
                 # the server's, so reconciliation never goes backwards
@@ -96,9 +104,33 @@ class Pusher:
                         raise
                     # the row went with its tenant (a cascade delete): this push, which
                     # drops the tenant's connections, must still go out
-            await self.send_update(account.jwt)
+            await self._send_and_kick(account, cut)
             account.pushed = target
             return signed
+
+    async def _send_and_kick(self, account: Account, cut: dict[str, int]) -> None:
+        """Send the JWT; once it is on its way, kick the keys it newly revokes (kicker.py).
+        The push's outcome is what counts: a kick never fails it."""
+        if not cut or self.kicker is None:
+            await self.send_update(account.jwt)
+            return
+        sent = asyncio.Event()
+        sending = asyncio.create_task(self.send_update(account.jwt, sent),
+                                      name=f"push:{account.slug}")
+        kicker = self.kicker
+
+        async def kick_once_sent() -> None:
+            waiting = asyncio.create_task(sent.wait())
+            await asyncio.wait({waiting, sending}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if sent.is_set():
+                await kicker.kick(account.public_key, cut)
+
+        kicking = asyncio.create_task(kick_once_sent(), name=f"kick:{account.slug}")
+        try:
+            await sending
+        finally:
+            await asyncio.gather(kicking, return_exceptions=True)
 
     async def _catch_up_iat(self, account: Account) -> None:
         """Start above the server's copy: after PocketBase is restored from a backup, its
@@ -112,10 +144,11 @@ class Pusher:
                 pass
         account.server_checked = True
 
-    async def send_update(self, token: str) -> set[str]:
-        """Send one account JWT to every server; returns the names that took it."""
+    async def send_update(self, token: str, sent: asyncio.Event | None = None) -> set[str]:
+        """Send one account JWT to every server; returns the names that took it. `sent` is
+        set once the first send is on the connection."""
         started = time.perf_counter()
-        replies = await self._to_every_server(CLAIMS_UPDATE, token.encode(), "update")
+        replies = await self._to_every_server(CLAIMS_UPDATE, token.encode(), "update", sent)
         metrics.PUSHES.inc()
         metrics.PUSH_SECONDS.observe(time.perf_counter() - started)
         return {r.server for r in replies}
@@ -180,14 +213,15 @@ class Pusher:
         roster.surveyed(names)
         return names
 
-    async def _to_every_server(self, subject: str, payload: bytes, what: str) -> list[Reply]:
+    async def _to_every_server(self, subject: str, payload: bytes, what: str,
+                               sent: asyncio.Event | None = None) -> list[Reply]:
         """Publish to every server, send again to the up ones that did not answer, and
         owe a re-push to whoever still did not. PushError on no answer or any refusal."""
         self.guard()
         if not self.roster.seeded:
             await self._seed()
         expected = self.roster.expected()
-        replies = await self._gather(subject, payload, self._heard_all(expected))
+        replies = await self._gather(subject, payload, self._heard_all(expected), sent=sent)
         if not replies:
             metrics.PUSH_FAILURES.inc()
             raise PushError(f"account {what} got no answer")
@@ -223,7 +257,7 @@ class Pusher:
 
     async def _gather(self, subject: str, payload: bytes, done: Callable[[list[Reply]], bool],
                       first_timeout: float | None = None, rest_timeout: float | None = None,
-                      ) -> list[Reply]:
+                      sent: asyncio.Event | None = None) -> list[Reply]:
         """A broadcast on the system account; raw nats errors become PushError."""
         if subject in (CLAIMS_UPDATE, CLAIMS_DELETE):
             self.guard()  # at every send, resends included (leader.py: fencing)
@@ -231,7 +265,7 @@ class Pusher:
             return await self.replies.gather(
                 self.nc, subject, payload, done,
                 self.timeout if first_timeout is None else first_timeout,
-                self.straggle if rest_timeout is None else rest_timeout)
+                self.straggle if rest_timeout is None else rest_timeout, sent)
         except NATS_ERRORS as exc:
             metrics.PUSH_FAILURES.inc()
             raise PushError(f"{subject}: {exc.__class__.__name__}: {exc}") from exc
@@ -247,6 +281,18 @@ class Pusher:
             metrics.PUSH_FAILURES.inc()
             error = body.get("error") if isinstance(body, dict) else body
             raise PushError(f"account {what} refused by nats-server {server}: {error}")
+
+
+def _revocations(token: str) -> dict[str, int]:
+    """The revocations an account JWT carries ({} when there is none or it is unreadable:
+    then every current revocation counts as new, which at worst kicks a closed key)."""
+    if not token:
+        return {}
+    try:
+        found = natsjwt.decode(token, verify=False).get("nats", {}).get("revocations") or {}
+        return {str(k): int(v) for k, v in found.items()}
+    except (natsjwt.JwtError, ValueError, TypeError, AttributeError):
+        return {}
 
 
 def _iat(token: str) -> int:

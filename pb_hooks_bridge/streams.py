@@ -1,5 +1,7 @@
 """A tenant's JetStream streams: TELEMETRY (agents' documents) and ALERTS (what rules
-publish on `alerts.>`), both bounded by age and size inside the tenant's quota.
+publish on `alerts.>`), both bounded by age and size inside the tenant's quota, and the
+CAIRN_THROTTLE KV bucket where the routers keep the throttle windows they share
+(rule_router/shared_throttle.py).
 
 nats-server reserves a stream's `max_bytes` against the account's `disk_storage` limit
 (limits.py `jetstream_storage`). TELEMETRY gets the tenant's `telemetry_max_bytes`; ALERTS
@@ -8,6 +10,14 @@ gets ALERTS_MAX_BYTES, or half of what the quota leaves beside TELEMETRY when th
 created only with at least 1 MiB; an existing one is shrunk to what is left (the oldest
 alerts go), or deleted when nothing is left. When bounds change, streams that shrink are
 updated before streams that grow, so the sum never passes the quota on the way.
+
+CAIRN_THROTTLE is in memory: its entries are small and short-lived (each has a per-message
+TTL of its window), read on the routers' hot path, and worth no disk quota; a NATS restart
+that loses it only lets each throttled rule fire once more, as a router restart did. It
+takes THROTTLE_MAX_BYTES, or half the tenant's `jetstream_memory` when that is less (none
+below MIN_THROTTLE_BYTES: the routers then keep their windows per process, counted); when
+full, the oldest windows go first. Only the router's NATS user may use it, and only its own
+identity's keys (pb_migrations/1764000005_router_throttle.js).
 
 Replicas: `replicas` (the bridge's `CAIRN_NATS_REPLICAS`, 3 on a 3-node cluster, default 1)
 for both streams; an existing stream is scaled to it. A server that is not clustered, or a
@@ -37,6 +47,11 @@ ALERTS_SUBJECTS = ["alerts.>"]
 ALERTS_MAX_BYTES = 64 * MIB
 MAX_MSG_SIZE = MIB  # one document; larger publishes are refused
 MIN_STREAM_BYTES = MIB
+THROTTLE_BUCKET = "CAIRN_THROTTLE"  # rule_router/shared_throttle.py BUCKET
+THROTTLE = f"KV_{THROTTLE_BUCKET}"
+THROTTLE_MAX_BYTES = 4 * MIB
+MIN_THROTTLE_BYTES = 64 * 1024
+THROTTLE_MAX_AGE = 31 * 86_400  # seconds: the longest window shared by the routers
 # JetStream error codes after which a stream is made (or kept) with one replica
 NOT_CLUSTERED = 10074  # replicas > 1 not supported in non-clustered mode
 NO_PEERS = 10005  # no suitable peers for placement (cluster nodes down)
@@ -48,6 +63,23 @@ def alerts_max_bytes(account: Any) -> int:
     if storage < 0:
         return ALERTS_MAX_BYTES
     return min(ALERTS_MAX_BYTES, max(0, storage - account.telemetry_max_bytes) // 2)
+
+
+def throttle_max_bytes(account: Any) -> int:
+    """CAIRN_THROTTLE's size bound: the default, or half the tenant's memory quota."""
+    memory = int(account.limits.get("mem_storage", -1))
+    return THROTTLE_MAX_BYTES if memory < 0 else min(THROTTLE_MAX_BYTES, memory // 2)
+
+
+def throttle_config(max_bytes: int, replicas: int = 1) -> StreamConfig:
+    """The stream of a KV bucket (as nats-py's create_key_value makes it, history 1) with
+    per-message TTLs allowed and the oldest entries dropped when full."""
+    return StreamConfig(
+        name=THROTTLE, subjects=[f"$KV.{THROTTLE_BUCKET}.>"], storage=StorageType.MEMORY,
+        num_replicas=replicas, max_msgs_per_subject=1, max_age=float(THROTTLE_MAX_AGE),
+        max_bytes=max_bytes, max_msg_size=4096, discard=DiscardPolicy.OLD,
+        allow_msg_ttl=True, allow_direct=True, allow_rollup_hdrs=True, deny_delete=True,
+        duplicate_window=120.0, max_consumers=-1, max_msgs=-1)
 
 
 def stream_config(name: str, subjects: list[str], max_bytes: int, max_age: int,
@@ -62,6 +94,9 @@ def stream_config(name: str, subjects: list[str], max_bytes: int, max_age: int,
 
 
 def differs(current: StreamConfig, config: StreamConfig) -> bool:
+    if config.allow_msg_ttl and (not current.allow_msg_ttl  # the throttle bucket
+                                 or current.max_msgs_per_subject != 1):
+        return True
     return (current.subjects != config.subjects
             or int(current.max_age or 0) != int(config.max_age or 0)
             or current.max_bytes != config.max_bytes
@@ -113,6 +148,30 @@ async def ensure_streams(js: Any, account: Account, max_age: int, audit: AuditWr
             audit.record("stream.created", account.tenant_id, f"streams/{config.name}", details)
         elif differs(before, await _apply(js.update_stream, config, account)):
             audit.record("stream.updated", account.tenant_id, f"streams/{config.name}", details)
+    await ensure_throttle(js, account, audit, replicas)
+
+
+async def ensure_throttle(js: Any, account: Account, audit: AuditWriter,
+                          replicas: int = 1) -> None:
+    """Create or update CAIRN_THROTTLE, or delete it when the memory quota leaves no room
+    (its own quota: no order to keep with the file streams)."""
+    room, current = throttle_max_bytes(account), await _current(js, THROTTLE)
+    if room < MIN_THROTTLE_BYTES:
+        if current is not None:
+            await js.delete_stream(THROTTLE)
+            audit.record("stream.deleted", account.tenant_id, f"streams/{THROTTLE}",
+                         {"reason": "no room in jetstream_memory"})
+        log.info("no shared throttle bucket: the tenant's jetstream_memory leaves too little "
+                 "room; routers keep throttle windows per process", extra={"tenant": account.slug})
+        return
+    config = throttle_config(room, replicas)
+    details = {"max_bytes": room, "replicas": replicas}
+    if current is None:
+        await _apply(js.add_stream, config, account)
+        audit.record("stream.created", account.tenant_id, f"streams/{THROTTLE}", details)
+    elif differs(current, config) and differs(current, await _apply(js.update_stream, config,
+                                                                     account)):
+        audit.record("stream.updated", account.tenant_id, f"streams/{THROTTLE}", details)
 
 
 async def _apply(call: Any, config: StreamConfig, account: Account) -> StreamConfig:

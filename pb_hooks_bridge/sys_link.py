@@ -16,12 +16,15 @@ from pb_hooks_bridge.config import BridgeConfig
 
 
 def sys_link(config: BridgeConfig, on_connect: OnConnect,
-             on_reconnect: Callable[[], None]) -> SupervisedLink:
+             on_reconnect: Callable[[], None] | None, purpose: str = "sys",
+             servers: tuple[str, ...] | None = None) -> SupervisedLink:
+    """`purpose` names another SYS connection (kicker.py: one to each server, `servers`
+    that one URL alone)."""
     path = config.layout.sys_user_creds
     held = creds.read(path)  # read once; bootstrap rewrites it only before start
     settings = LinkSettings(
-        name="cairn-bridge/sys", label="bridge-sys",
-        servers=config.nats_urls,
+        name=f"cairn-bridge/{purpose}", label=f"bridge-{purpose}",
+        servers=servers or config.nats_urls,
         ping_interval=5, reconnect_time_wait=0.5, backoff_max=5.0)
     return SupervisedLink(settings, FixedCredentials(lambda: held), on_connect,
                           on_reconnect=on_reconnect)

@@ -146,14 +146,25 @@ class Tenants:
                 if public_key:
                     await self.purge_orphan(public_key, details)
                 return
-            js = nc.jetstream(timeout=5)
+            js = nc.jetstream(timeout=2)  # short: the fallback below needs no link
             for info in await js.streams_info():
                 await js.delete_stream(info.config.name)
                 self.audit.record("stream.deleted", None, f"streams/{info.config.name}",
                                   details)
         except (nats.errors.Error, OSError, TimeoutError, PushError) as exc:
-            log.warning("could not delete the tenant's streams; they stay on disk",
-                        extra={**details, "error": str(exc)})
+            # e.g. the link's own user was revoked meanwhile (its nats_users row went with
+            # the tenant, in another lane): the account is still there, so clean up the
+            # way an orphan is cleaned, with a user of its own
+            if not public_key or not await self._purge_as_orphan(public_key, details):
+                log.warning("could not delete the tenant's streams; they stay on disk",
+                            extra={**details, "error": str(exc)})
+
+    async def _purge_as_orphan(self, public_key: str, details: dict[str, Any]) -> bool:
+        try:
+            await self.purge_orphan(public_key, details)
+        except (nats.errors.Error, OSError, TimeoutError, PushError):
+            return False
+        return True
 
     async def purge_orphan(self, public_key: str, details: dict[str, Any]) -> None:
         """Streams of an account the bridge has no link into (see orphans.py)."""

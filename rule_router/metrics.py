@@ -43,3 +43,12 @@ ACTIONS_SKIPPED = Counter("cairn_router_actions_skipped_total",
 ALERTS_CORE_FALLBACK = Counter(
     "cairn_router_alerts_core_fallback_total",
     "Alerts published as core messages (not stored): the tenant has no ALERTS stream")
+THROTTLE = Counter(
+    "cairn_router_throttle_total",
+    "Decisions on throttled rules with the windows shared by the routers (outcome: opened "
+    "= fired and opened a window, held = inside another message's window, redelivery = "
+    "the window this very message opened)", ["outcome"])
+THROTTLE_FALLBACK = Counter(
+    "cairn_router_throttle_fallback_total",
+    "Decisions on throttled rules made on this router's own windows: the shared throttle "
+    "bucket was unavailable (no connection, timeout, no bucket, refused)")

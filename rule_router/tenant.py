@@ -76,8 +76,8 @@ from rule_router.ledger import COMPLETE, Ledger, Partial, Replay, delivery
 from rule_router.model import Firing, PublishOut, Rule
 from rule_router.replies import server_answer
 from rule_router.ruleset import TELEMETRY, RuleSet
+from rule_router.shared_throttle import Pending, SharedThrottle
 from rule_router.subjects import subject_matches
-from rule_router.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class TenantRouter(Acting):
         self.http = http
         self._owns_http = False
         self.ruleset = RuleSet()
-        self.throttle = Throttle()
+        self.throttle = SharedThrottle(slug, user, lambda: self.nc)
         self.nc: NATS | None = None
         self.ack_wait = ACK_WAIT if ack_wait is None else ack_wait
         self.live_ack_wait = self.ack_wait
@@ -286,7 +286,7 @@ class TenantRouter(Acting):
                 return False
             if redo is not None:
                 metrics.REDELIVERIES.labels("resumed").inc()
-        firings = self.evaluate(msg, redo)
+        firings = await self.decide(msg, redo)
         if not firings:
             await self._ack(msg)
             return True
@@ -355,11 +355,20 @@ class TenantRouter(Acting):
 
     async def handle(self, msg: Msg, path: str) -> None:
         _EVALUATED[path].inc()
-        await self.finish(msg, path, self.evaluate(msg))
+        await self.finish(msg, path, await self.decide(msg))
+
+    async def decide(self, msg: Msg, redo: Partial | None = None) -> list[Firing]:
+        """`evaluate`, then the throttled firings confirmed by the windows all routers
+        share (`shared_throttle.py`); not for a resumed redelivery (its rules fired)."""
+        firings = self.evaluate(msg, redo)
+        if isinstance(firings, Pending):
+            return await self.throttle.admit(firings.gate, firings)
+        return firings
 
     def evaluate(self, msg: Msg, redo: Partial | None = None) -> list[Firing]:
-        """The rules `msg` fires. `redo`: a redelivery some of whose actions ran; only
-        the rules that fired then fire (again past their throttle window)."""
+        """The rules `msg` fires (a `Pending` when throttled ones await `decide`). `redo`:
+        a redelivery some of whose actions ran; only the rules that fired then fire (again
+        past their throttle window)."""
         ruleset = self.ruleset  # one consistent set for this message
         rules = ruleset.index.match(msg.subject)
         if not rules:
@@ -374,7 +383,8 @@ class TenantRouter(Acting):
         self._count += 1
         timed = self._count % LATENCY_SAMPLE == 0  # a sample keeps the histogram cheap
         started = time.perf_counter() if timed else 0.0
-        throttle = self.throttle if redo is None else Replay(redo.fired)
+        gate = self.throttle.gate(msg.reply) if redo is None else None
+        throttle = gate if redo is None else Replay(redo.fired)
         firings, errors = evaluate_many(rules, msg.subject, msg.data, env=self.env,
                                         throttle=throttle, indexed=True)
         if timed:
@@ -386,7 +396,7 @@ class TenantRouter(Acting):
                 continue
             log.warning("rule could not render its actions",
                         extra={"tenant": self.slug, "rule": rule.name, "error": str(exc)})
-        return firings
+        return Pending(firings, gate) if gate is not None and gate.pending else firings
 
     def _strike(self, rule: Rule, exc: RegexTimeout) -> None:
         """A regex that keeps running out of time costs every tenant on this router up

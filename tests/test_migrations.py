@@ -185,7 +185,7 @@ def layout(tmp_path: Path) -> DataLayout:
 def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
                           "1764000002_command_dispatch.js", "1764000003_security.js",
-                          "1764000004_device_secret_cost.js"]
+                          "1764000004_device_secret_cost.js", "1764000005_router_throttle.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -256,6 +256,9 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
         assert "{inbox}.>" in by_name["viewer"]["subscribe_allow"]
         assert by_name["viewer"]["allow_responses"] is False
         assert by_name["router"]["subscribe_allow"] == ["agents.>", "alerts.>", "{inbox}.>"]
+        assert by_name["router"]["publish_allow"][-2:] == [  # 1764000005: its throttle keys
+            "$KV.CAIRN_THROTTLE.{code}.>",
+            "$JS.API.DIRECT.GET.KV_CAIRN_THROTTLE.$KV.CAIRN_THROTTLE.{code}.>"]
 
         settings = admin.get("/api/settings").json()
         assert settings["rateLimits"]["enabled"] is True
@@ -284,6 +287,13 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-3: the router role loses the throttle bucket's subjects
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[5]}" in out
+    with closing(_db(layout)) as db:
+        allowed = db.execute("SELECT publish_allow FROM nats_roles WHERE name = 'router'"
+                             " AND tenant = ''").fetchone()[0]
+    assert "CAIRN_THROTTLE" not in allowed and "alerts.>" in allowed
     # down #-2: device secrets back to the default bcrypt cost
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[4]}" in out

@@ -11,9 +11,12 @@ from bench.fleet import FleetConfig, run
 @pytest.mark.timeout(90)
 async def test_fleet_of_twenty_runs_every_phase():
     summary = await run(FleetConfig(agents=20, processes=1, heartbeat=1, telemetry=2,
-                                    duration=4, rest=1, settle=1, revocations=2))
-    for phase in ("revocation_at_rest", "revocation_under_load"):
-        assert summary[phase]["missed"] == 0 and summary[phase]["p99_ms"] > 0, summary[phase]
+                                    duration=4, rest=1, settle=1, revocations=2, burst=2))
+    for phase in ("revocation_at_rest", "revocation_under_load", "revocation_burst_at_rest",
+                  "revocation_burst_under_load"):
+        figures = summary[phase]
+        assert figures["missed"] == 0 and figures["p99_ms"] > 0, figures
+        assert figures["samples"] == 2 and figures["still_accepted_after"] == 0, figures
     assert summary["bulk_create"]["rows"] == 20
     assert summary["enrollment"]["agents"] == 20
     assert summary["connect"]["connected"] == 20 and summary["connect"]["failed"] == 0

@@ -137,7 +137,7 @@ async def test_tenant_deletion_removes_account(bridge, admin, pb_env, nats_env):
     async def purged() -> bool:
         return not (stream_dir / "TELEMETRY").exists()
 
-    await eventually(purged, 10, "the deleted tenant's stream removed from disk")
+    await eventually(purged, 20, "the deleted tenant's stream removed from disk")
 
 
 async def test_concurrent_changes_never_push_a_stale_jwt(tenant, admin, pb_env, nats_env, bridge):

@@ -60,6 +60,41 @@ async def routed_tenants(admin: PocketBase, pb_env: Any, nats_env: Any,
         await router.stop()
 
 
+@asynccontextmanager
+async def router_pair(admin: PocketBase, pb_env: Any, nats_env: Any, identity: RouterIdentity,
+                      ) -> AsyncIterator[tuple[dict[str, Any], Any, list[Router]]]:
+    """A fresh tenant followed by two routers of one identity (SPEC §12: they share its
+    durable consumer and core queue groups), and a `cairn-bridge` connection into it. A
+    router the test stopped itself (`stopped`) is not stopped again."""
+    tenant = await account_ready(admin, await new_tenant(admin))
+    routers: list[Router] = []
+    nc = None
+    try:
+        for _ in range(2):
+            routers.append(await start_router(pb_env, nats_env, admin, [tenant], identity))
+        svc = await service_creds(admin, tenant)
+        nc = await connect(nats_env.url, svc["jwt"], svc["seed"])
+        yield tenant, nc, routers
+    finally:
+        if nc is not None:
+            await nc.close()
+        for router in routers:
+            if not getattr(router, "stopped", False):
+                await router.stop()
+
+
+async def rules_loaded(routers: list[Router], tenant: dict[str, Any], subject: str,
+                       count: int = 1) -> None:
+    """Return once every router has `count` rules for `subject` in this tenant's set."""
+    async def loaded() -> bool:
+        for router in routers:
+            runtime = router.tenants.get(tenant["id"])
+            if runtime is None or len(runtime.ruleset.index.match(subject)) < count:
+                return False
+        return True
+    await eventually(loaded, 10, f"{count} rules for {subject} on every router")
+
+
 async def _routing(router: Router, tenant_id: str) -> bool:
     return tenant_id in router.tenants
 
