@@ -217,6 +217,8 @@ class Bridge:
         if hasattr(self, "links"):
             await self.links.close_all()
         await self.leadership.close(release=not self.lost_lease)  # a standby takes over
+        if hasattr(self, "pusher"):
+            await self.pusher.close()
         for link in getattr(self, "kick_links", []):
             await link.stop(grace=0.1)
         if hasattr(self, "sys_link"):

@@ -185,7 +185,25 @@ async def push(nc: NATS, control: ControlAccount, timeout: float = 5.0) -> None:
     except ValueError:
         answer = {}
     if "error" in answer or answer.get("data", {}).get("code") != 200:
+        if await _held_already(nc, control, timeout):
+            return  # e.g. another host pushed the same account with a later iat
         raise BridgeError(f"the NATS server refused the {NAME} account: {msg.data[:200]!r}")
+
+
+async def _held_already(nc: NATS, control: ControlAccount, timeout: float) -> bool:
+    """Do the servers hold this very account, signed by the same operator, with the same
+    claims? (Its iat is the seed file's time, so a copy of secrets/ that did not keep
+    file times makes a second, later JWT of the same account; the resolver then refuses
+    the older one, which is harmless.)"""
+    try:
+        msg = await nc.request(f"$SYS.REQ.ACCOUNT.{control.public_key}.CLAIMS.LOOKUP", b"",
+                               timeout=timeout)
+        held = natsjwt.decode(msg.data.decode())
+        ours = natsjwt.decode(control.jwt)
+    except (nats.errors.Error, TimeoutError, natsjwt.JwtError, UnicodeDecodeError):
+        return False
+    return (held.get("sub") == ours.get("sub") and held.get("iss") == ours.get("iss")
+            and held.get("nats") == ours.get("nats"))
 
 
 async def _varz(nc: NATS, timeout: float, straggle: float) -> dict[str, dict[str, Any]]:

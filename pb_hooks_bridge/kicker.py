@@ -11,14 +11,17 @@ millisecond; only the live connection waits its turn.
 
 So after the revoking push is published, the bridge asks each server, over a SYS
 connection to that server alone, for that user's connections there
-(`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, filtered by user), waits until that server shows the
-new revocation in force (`$SYS.REQ.ACCOUNT.<acc>.INFO`,
-`revoked_user`: a few ms after the push, or after an earlier walk on that server ends),
-and only then kicks it (`$SYS.REQ.SERVER.<id>.KICK`). The device's immediate reconnect
-therefore always meets the revocation and is refused; a kick sent before that would let
-it straight back in. The kick only speeds things up: the push stays what makes a
-revocation hold (a kick that fails, or a server that never shows the revocation within
-IN_FORCE_TIMEOUT, changes nothing but the latency, and is counted).
+(`$SYS.REQ.ACCOUNT.<acc>.CONNZ`, filtered by user); waits until every server shows the
+new revocation in force (`$SYS.REQ.ACCOUNT.<acc>.INFO`, `revoked_user`, in the server's
+own time zone: a few ms after the push, or after an earlier walk on that server ends),
+since a kicked device may reconnect to any of them; and only then kicks
+(`$SYS.REQ.SERVER.<id>.KICK`). The device's immediate reconnect therefore meets the
+revocation and is refused; a kick sent before that would let it straight back in. The
+kick runs in a task of its own, outside the account's lock (pusher.py), and only speeds
+things up: the push stays what makes a revocation hold (a kick that fails, or a server
+that does not show the revocation within IN_FORCE_TIMEOUT, changes nothing but the
+latency, and is counted). A client that names another key in its CONNECT is not found
+by CONNZ's user filter; the walk, which reads the JWT, still closes it.
 
 These run on SYS connections of their own, one per server: nats-server handles a claims
 update inside the reading loop of the connection it came in on (the bridge's, or a route
@@ -49,7 +52,7 @@ IN_FLIGHT = 8
 ASK_TIMEOUT = 1.0  # for the link's own server's answer to CONNZ / INFO
 KICK_TIMEOUT = 1.0
 IN_FORCE_POLL = 0.005  # between INFO requests while a server has not applied the push yet
-IN_FORCE_TIMEOUT = 10.0  # past this, the server's own walk closes the connection
+IN_FORCE_TIMEOUT = 5.0  # past this, the server's own walk closes the connection
 
 
 def newly_revoked(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -70,9 +73,10 @@ class Kicker:
         self._replies: dict[int, Broadcast] = {}  # per link
 
     async def kick(self, account: str, users: dict[str, int]) -> int:
-        """Kick every live connection of `users` (key -> revocation time) in `account`, on
-        each server once it enforces that revocation; returns how many were kicked. Never
-        raises: a failure is logged and counted."""
+        """Kick every live connection of `users` (key -> revocation time) in `account`,
+        once every server shows that revocation in force (a kicked device may reconnect
+        to any of them); returns how many were kicked. Never raises: a failure is logged
+        and counted."""
         if not users:
             return 0
         if len(users) > MAX_USERS_PER_PUSH:
@@ -80,14 +84,14 @@ class Kicker:
             return 0
         gate = asyncio.Semaphore(IN_FLIGHT)
 
-        async def one(link: int, user: str) -> int:
+        async def one(user: str) -> int:
             async with gate:
-                return await self._kick_user(link, account, user, users[user])
+                return await self._kick_user(account, user, users[user])
 
-        jobs = [(link, user) for user in users for link in range(len(self._links))]
-        done = await asyncio.gather(*(one(*job) for job in jobs), return_exceptions=True)
+        keys = list(users)
+        done = await asyncio.gather(*(one(u) for u in keys), return_exceptions=True)
         kicked = 0
-        for (_, user), result in zip(jobs, done, strict=True):
+        for user, result in zip(keys, done, strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
@@ -98,37 +102,65 @@ class Kicker:
                 kicked += result
         return kicked
 
-    async def _kick_user(self, link: int, account: str, user: str, revoked_at: int) -> int:
-        """The user's connections on the server this link is connected to."""
+    def _connected(self) -> list[tuple[int, NATS, str]]:
+        """(link, connection, the id of the server it is connected to) of every link up."""
+        up = []
+        for link, current in enumerate(self._links):
+            nc = current()
+            server_id = str((getattr(nc, "_server_info", None) or {}).get("server_id") or "")
+            if nc is not None and nc.is_connected and server_id:
+                up.append((link, nc, server_id))
+        return up
+
+    async def _kick_user(self, account: str, user: str, revoked_at: int) -> int:
         self.guard()
-        nc = self._links[link]()
-        server_id = str((getattr(nc, "_server_info", None) or {}).get("server_id") or "")
-        if nc is None or not nc.is_connected or not server_id:
+        links = self._connected()
+        if len(links) < len(self._links):
             metrics.KICKS.labels("no-link").inc()
+        if not links:
             return 0
         clock = asyncio.get_running_loop().time
         began = clock()
         query = json.dumps({"auth": True, "user": user, "limit": 256}).encode()
-        reply = await self._ask(link, nc, server_id, f"$SYS.REQ.ACCOUNT.{account}.CONNZ", query)
-        cids = _connections_of(reply, user) if reply else []
+        answers = await asyncio.gather(*(self._ask(
+            link, nc, sid, f"$SYS.REQ.ACCOUNT.{account}.CONNZ", query) for link, nc, sid in links))
+        found = [(nc, sid, cids) for (_, nc, sid), reply in zip(links, answers, strict=True)
+                 if (cids := _connections_of(reply, user) if reply else [])]
         metrics.KICK_SECONDS.labels("find").observe(clock() - began)
-        if not cids:
+        if not found:
             return 0
         began = clock()
-        while not _in_force(await self._ask(
-                link, nc, server_id, f"$SYS.REQ.ACCOUNT.{account}.INFO", b""), user, revoked_at):
-            if clock() - began >= IN_FORCE_TIMEOUT:
-                metrics.KICKS.labels("not-in-force").inc(len(cids))
-                return 0
-            await asyncio.sleep(IN_FORCE_POLL)
+        ready = await asyncio.gather(*(self._in_force_on(link, nc, sid, account, user,
+                                                         revoked_at)
+                                       for link, nc, sid in links))
+        if not all(ready):
+            metrics.KICKS.labels("not-in-force").inc(sum(len(c) for _, _, c in found))
+            return 0
         metrics.KICK_SECONDS.labels("in-force").observe(clock() - began)
         kicked = 0
-        for cid in cids:
-            self.guard()
-            sent = clock()
-            kicked += await self._kick_one(nc, server_id, cid)
-            metrics.KICK_SECONDS.labels("kick").observe(clock() - sent)
+        for nc, sid, cids in found:
+            for cid in cids:
+                self.guard()
+                sent = clock()
+                kicked += await self._kick_one(nc, sid, cid)
+                metrics.KICK_SECONDS.labels("kick").observe(clock() - sent)
         return kicked
+
+    async def _in_force_on(self, link: int, nc: NATS, server_id: str, account: str,
+                           user: str, revoked_at: int) -> bool:
+        """Wait until this server shows the revocation (False: not within the timeout, or
+        its answer cannot be read: the push's own walk is left to close the connection)."""
+        deadline = asyncio.get_running_loop().time() + IN_FORCE_TIMEOUT
+        while True:
+            seen = _revoked_at(await self._ask(link, nc, server_id,
+                                               f"$SYS.REQ.ACCOUNT.{account}.INFO", b""), user)
+            if seen is None:
+                return False
+            if seen >= revoked_at:
+                return True
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(IN_FORCE_POLL)
 
     async def _ask(self, link: int, nc: NATS, server_id: str, subject: str,
                    payload: bytes) -> Reply | None:
@@ -156,22 +188,30 @@ class Kicker:
         return 1
 
 
-def _in_force(reply: Reply | None, user: str, revoked_at: int) -> bool:
-    """Does this server's account hold `user`'s revocation at least as new as
-    `revoked_at` (INFO's `revoked_user`, RFC 3339 times)?"""
-    data = ((reply.body or {}) if reply else {}).get("data")
-    seen = data.get("revoked_user") if isinstance(data, dict) else None
-    return isinstance(seen, dict) and _epoch(seen.get(user)) >= revoked_at
+def _revoked_at(reply: Reply | None, user: str) -> int | None:
+    """When this server's copy of the account revokes `user` (INFO's `revoked_user`, RFC
+    3339 times in the server's own zone): -1 when not (yet) revoked, None when there is
+    no answer or its time cannot be read."""
+    if reply is None:
+        return None
+    data = (reply.body or {}).get("data")
+    if not isinstance(data, dict):
+        return None
+    seen = data.get("revoked_user") or {}
+    if not isinstance(seen, dict):
+        return None
+    if user not in seen:
+        return -1
+    return _epoch(seen[user])
 
 
-def _epoch(stamp: object) -> int:
+def _epoch(stamp: object) -> int | None:
     if not isinstance(stamp, str):
-        return -1
+        return None
     try:
-        return int(datetime.fromisoformat(stamp.split(".")[0].rstrip("Z") + "+00:00")
-                   .timestamp())
+        return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
     except ValueError:
-        return -1
+        return None
 
 
 def _connections_of(reply: Reply, user: str) -> list[int]:

@@ -58,6 +58,13 @@ async def purge_account_streams(pusher: Pusher, nats_url: str, account_public: s
     signing = nkey.create("account")
     await pusher.send_update(natsjwt.encode(
         cleanup_claims(current, signing.public_key.decode()), pusher.operator))
+    return await delete_streams_as(nats_url, account_public, signing)
+
+
+async def delete_streams_as(nats_url: str, account_public: str, signing: Any) -> list[str]:
+    """Delete every stream of the account as a short-lived user signed by `signing` (a
+    signing key the account's JWT on the servers lists); returns their names. Raises on
+    NATS errors."""
     user = nkey.create("user")
     user_jwt = natsjwt.encode(natsjwt.user_claims(
         user.public_key.decode(), CLEANUP_USER, issuer_account=account_public,

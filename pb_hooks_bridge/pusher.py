@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 
 from cairn_common import natsjwt
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from cairn_common.tasks import cancel_and_wait
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import MAX_IAT_LEAD, Account
 from pb_hooks_bridge.broadcast import Broadcast, Reply
@@ -67,6 +68,7 @@ class Pusher:
         self.guard: Callable[[], None] = lambda: None
         # cuts the live connections a push revokes without waiting for the server's walk
         self.kicker: Kicker | None = None
+        self.kicks: set[asyncio.Task[None]] = set()  # running, see _send_and_kick
 
     async def push(self, account: Account, resend: bool = False) -> bool:
         """Make the server hold the account's current state; True when a new JWT was signed.
@@ -109,28 +111,34 @@ class Pusher:
             return signed
 
     async def _send_and_kick(self, account: Account, cut: dict[str, int]) -> None:
-        """Send the JWT; once it is on its way, kick the keys it newly revokes (kicker.py).
-        The push's outcome is what counts: a kick never fails it."""
+        """Send the JWT and, once it is on its way, kick the keys it newly revokes
+        (kicker.py) in a task of its own: a kick may wait seconds for a slow server, and
+        must not hold the account's lock meanwhile (a re-push to a server that missed
+        this push needs it). The push's outcome is what counts: a kick never fails it."""
         if not cut or self.kicker is None:
             await self.send_update(account.jwt)
             return
         sent = asyncio.Event()
-        sending = asyncio.create_task(self.send_update(account.jwt, sent),
-                                      name=f"push:{account.slug}")
         kicker = self.kicker
 
         async def kick_once_sent() -> None:
-            waiting = asyncio.create_task(sent.wait())
-            await asyncio.wait({waiting, sending}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            if sent.is_set():
-                await kicker.kick(account.public_key, cut)
+            await sent.wait()
+            await kicker.kick(account.public_key, cut)
 
         kicking = asyncio.create_task(kick_once_sent(), name=f"kick:{account.slug}")
+        self.kicks.add(kicking)
+        kicking.add_done_callback(self.kicks.discard)
+        kicking.add_done_callback(_kick_done)
         try:
-            await sending
-        finally:
-            await asyncio.gather(kicking, return_exceptions=True)
+            await self.send_update(account.jwt, sent)
+        except BaseException:
+            if not sent.is_set():  # never published: nothing to kick for
+                kicking.cancel()
+            raise
+
+    async def close(self) -> None:
+        """Stop the kicks still running (the pushes they follow hold without them)."""
+        await cancel_and_wait(list(self.kicks))
 
     async def _catch_up_iat(self, account: Account) -> None:
         """Start above the server's copy: after PocketBase is restored from a backup, its
@@ -281,6 +289,14 @@ class Pusher:
             metrics.PUSH_FAILURES.inc()
             error = body.get("error") if isinstance(body, dict) else body
             raise PushError(f"account {what} refused by nats-server {server}: {error}")
+
+
+def _kick_done(task: asyncio.Task[None]) -> None:
+    """Kicks log and count their own failures; anything else escaping is a bug, logged."""
+    if not task.cancelled() and task.exception() is not None:
+        metrics.KICKS.labels("failed").inc()
+        log.error("kick task failed", extra={"task": task.get_name(),
+                                             "error": repr(task.exception())})
 
 
 def _revocations(token: str) -> dict[str, int]:

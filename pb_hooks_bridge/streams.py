@@ -78,7 +78,8 @@ def throttle_config(max_bytes: int, replicas: int = 1) -> StreamConfig:
         name=THROTTLE, subjects=[f"$KV.{THROTTLE_BUCKET}.>"], storage=StorageType.MEMORY,
         num_replicas=replicas, max_msgs_per_subject=1, max_age=float(THROTTLE_MAX_AGE),
         max_bytes=max_bytes, max_msg_size=4096, discard=DiscardPolicy.OLD,
-        allow_msg_ttl=True, allow_direct=True, allow_rollup_hdrs=True, deny_delete=True,
+        allow_msg_ttl=True, allow_direct=True, allow_rollup_hdrs=False, deny_delete=True,
+        deny_purge=True,  # a router may write its own keys, never wipe the others
         duplicate_window=120.0, max_consumers=-1, max_msgs=-1)
 
 

@@ -31,7 +31,7 @@ from pb_hooks_bridge.identities import BRIDGE_ROLE, BRIDGE_USER, Identities
 from pb_hooks_bridge.lanes import Lanes
 from pb_hooks_bridge.limits import LimitsError
 from pb_hooks_bridge.links import TenantLinks
-from pb_hooks_bridge.orphans import purge_account_streams
+from pb_hooks_bridge.orphans import delete_streams_as, purge_account_streams
 from pb_hooks_bridge.pusher import Pusher, PushError
 from pb_hooks_bridge.streams import ensure_streams
 
@@ -123,7 +123,7 @@ class Tenants:
         account = self.accounts.forget(tenant["id"])
         public_key = tenant.get("nats_account_public_key") or (
             account.public_key if account else "")
-        await self._purge_streams(tenant, public_key)
+        await self._purge_streams(tenant, public_key, account)
         await self.links.close(tenant["id"])
         if not public_key:
             return "unchanged"
@@ -136,7 +136,8 @@ class Tenants:
                           {"public_key": public_key, "tenant_id": tenant["id"]})
         return "deleted"
 
-    async def _purge_streams(self, tenant: dict[str, Any], public_key: str) -> None:
+    async def _purge_streams(self, tenant: dict[str, Any], public_key: str,
+                             account: Account | None = None) -> None:
         """Delete the tenant's streams while its account still exists: data on disk of an
         account gone from the resolver would otherwise stay forever."""
         details = {"tenant": tenant.get("slug"), "tenant_id": tenant["id"]}
@@ -153,17 +154,20 @@ class Tenants:
                                   details)
         except (nats.errors.Error, OSError, TimeoutError, PushError) as exc:
             # e.g. the link's own user was revoked meanwhile (its nats_users row went with
-            # the tenant, in another lane): the account is still there, so clean up the
-            # way an orphan is cleaned, with a user of its own
-            if not public_key or not await self._purge_as_orphan(public_key, details):
+            # the tenant, in another lane): the account is still there, so a short-lived
+            # user of its own signing key does it (nothing in the account JWT changes)
+            if account is None or not await self._purge_as(account, details):
                 log.warning("could not delete the tenant's streams; they stay on disk",
                             extra={**details, "error": str(exc)})
 
-    async def _purge_as_orphan(self, public_key: str, details: dict[str, Any]) -> bool:
+    async def _purge_as(self, account: Account, details: dict[str, Any]) -> bool:
         try:
-            await self.purge_orphan(public_key, details)
-        except (nats.errors.Error, OSError, TimeoutError, PushError):
+            names = await delete_streams_as(self.links.nats_url, account.public_key,
+                                            account.signing)
+        except (nats.errors.Error, OSError, TimeoutError):
             return False
+        for name in names:
+            self.audit.record("stream.deleted", None, f"streams/{name}", details)
         return True
 
     async def purge_orphan(self, public_key: str, details: dict[str, Any]) -> None:

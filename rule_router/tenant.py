@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -80,6 +81,8 @@ from rule_router.shared_throttle import Pending, SharedThrottle
 from rule_router.subjects import subject_matches
 
 log = logging.getLogger(__name__)
+# set in the task that handles a core message (`handle`); read by `evaluate`
+_CORE: contextvars.ContextVar[bool] = contextvars.ContextVar("cairn_router_core", default=False)
 
 _EVALUATED = {p: metrics.EVALUATED.labels(p) for p in ("core", "jetstream")}  # hot path
 ACK_WAIT = 30.0  # seconds: the durable consumer's ack wait when this router makes it
@@ -355,6 +358,7 @@ class TenantRouter(Acting):
 
     async def handle(self, msg: Msg, path: str) -> None:
         _EVALUATED[path].inc()
+        _CORE.set(True)  # this task's message: its reply subject is the publisher's
         await self.finish(msg, path, await self.decide(msg))
 
     async def decide(self, msg: Msg, redo: Partial | None = None) -> list[Firing]:
@@ -383,7 +387,10 @@ class TenantRouter(Acting):
         self._count += 1
         timed = self._count % LATENCY_SAMPLE == 0  # a sample keeps the histogram cheap
         started = time.perf_counter() if timed else 0.0
-        gate = self.throttle.gate(msg.reply) if redo is None else None
+        # only a message of the durable consumer has a stream sequence; a core message's
+        # reply subject is whatever its publisher wrote (a forged `$JS.ACK...` must not
+        # pass for the redelivery of the message that opened a window)
+        gate = self.throttle.gate(None if _CORE.get() else msg.reply) if redo is None else None
         throttle = gate if redo is None else Replay(redo.fired)
         firings, errors = evaluate_many(rules, msg.subject, msg.data, env=self.env,
                                         throttle=throttle, indexed=True)

@@ -228,3 +228,26 @@ def test_bootstrap_for_a_running_bridge_makes_no_control_account(tmp_path):
     assert not layout.operator_seed.exists() and not control_account.seed_path(layout).exists()
     made = bootstrap(layout).control_account
     assert bootstrap(layout, make_control=False).control_account == made
+
+
+async def test_a_copy_whose_file_times_differ_still_pushes_the_same_account(bridge, nats_env):
+    """secrets/ copied without file times: the same account with another iat. Pushing it
+    must not stop a bridge from standing (whether the server keeps the newer copy and
+    refuses this one, or takes it: same account, same claims)."""
+    import dataclasses
+
+    layout = nats_env.layout
+    operator = load_operator(layout)
+    ours = control_account.load(layout, operator)
+    claims = natsjwt.decode(ours.jwt)
+    older = dataclasses.replace(ours, jwt=natsjwt.encode(
+        {**claims, "iat": int(claims["iat"]) - 100}, operator))
+    nc = await nats.connect(nats_env.url, user_credentials=str(layout.sys_user_creds))
+    try:
+        await control_account.push(nc, older)
+        await control_account.push(nc, ours)  # and back: later tests see the usual copy
+        held = await nc.request(f"$SYS.REQ.ACCOUNT.{ours.public_key}.CLAIMS.LOOKUP", b"",
+                                timeout=5)
+        assert natsjwt.decode(held.data.decode())["nats"] == claims["nats"]
+    finally:
+        await nc.close()

@@ -117,3 +117,18 @@ async def test_kick_touches_only_the_revoked_key(crowded_tenant, bridge, admin, 
     assert nc.is_connected
     await nc.flush(timeout=5)
     await nc.close()
+
+
+def test_revocation_times_are_read_in_any_zone_the_server_uses():
+    """nats-server writes `revoked_user` in its own zone: a non-UTC server must not make
+    every kick wait for a time it can never read."""
+    from pb_hooks_bridge.broadcast import Reply
+    from pb_hooks_bridge.kicker import _epoch, _revoked_at
+
+    assert _epoch("2026-12-01T17:07:04Z") == _epoch("2026-12-01T18:07:04+01:00") == 1796144824
+    assert _epoch("not a time") is None
+    reply = Reply.read(b'{"server": {"name": "n1", "id": "S1"}, "data": {"revoked_user": '
+                       b'{"UA": "2026-12-01T18:07:04+01:00"}}}')
+    assert _revoked_at(reply, "UA") == 1796144824
+    assert _revoked_at(reply, "UB") == -1  # not revoked (yet) there
+    assert _revoked_at(None, "UA") is None

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
 
 from pb_hooks_bridge.limits import MIB
 from pb_hooks_bridge.streams import throttle_config
@@ -262,3 +263,33 @@ async def test_a_failed_bucket_is_left_alone_for_a_while():
     for n in range(5):
         await asyncio.wait_for(shared.acquire(("r#0", f"s.{n}"), 60, seq=n), 1)
     assert calls == 1  # one attempt, then RETRY_AFTER seconds of local decisions
+
+
+async def test_a_forged_ack_reply_on_a_core_subject_does_not_pass_as_a_redelivery(
+        bridge, router_identity, admin, pb_env, nats_env):
+    """A device writes any reply subject it likes: every message of a core subject carries
+    the same `$JS.ACK...` (as if it were the redelivery of the one that opened the window).
+    The throttled rule still fires once; the unthrottled one (positive control) for each."""
+    async with router_pair(admin, pb_env, nats_env, router_identity) as (t, nc, routers):
+        kind, topic = uid("fa"), uid("fa")
+        core = f"agents.*.events.{kind}"
+        for text in (f'subject: "{core}"\nactions:\n  - publish: "alerts.{topic}.once"\n'
+                     "throttle: 60s\n",
+                     f'subject: "{core}"\nactions:\n  - publish: "alerts.{topic}.all"\n'):
+            row = await add_rule(admin, t, text)
+            await row_with_status(admin, row["id"], "valid")
+        await rules_loaded(routers, t, f"agents.x.events.{kind}", 2)
+        once, every = await collect(nc, f"alerts.{topic}.once"), await collect(
+            nc, f"alerts.{topic}.all")
+        forged = "$JS.ACK.TELEMETRY.forged.1.777.777.1700000000000000000.0"
+        held = sample(metrics.THROTTLE, "held")
+        redelivered = sample(metrics.THROTTLE, "redelivery")
+        runtime = routers[0].tenants[t["id"]]
+        for _ in range(5):  # as the core subscription hands them over (`_on_core`)
+            msg = Msg(_client=runtime.nc, subject=f"agents.d1.events.{kind}", reply=forged,
+                      data=b'{"n": 1}')
+            await asyncio.create_task(runtime.handle(msg, "core"))
+        await eventually(lambda: at_least(every, 5), 20, "every message routed")
+        assert sample(metrics.THROTTLE, "held") == held + 4
+        assert sample(metrics.THROTTLE, "redelivery") == redelivered
+        assert len(once) == 1, f"the throttled rule fired {len(once)} times"
