@@ -35,7 +35,13 @@ import nkeys
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.client import JetStreamContext
+from nats.js.errors import (
+    BadRequestError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from cairn_common.layout import DataLayout
@@ -55,6 +61,8 @@ TTL = 8.0
 RENEW = 1.0  # seconds between the leader's renewals
 RETRY = 1.0  # seconds between a standby's attempts
 MARGIN = 1.5  # seconds before the lease's end after which the leader stops pushing
+NAME_IN_USE = 10058  # JetStream: stream name already in use with a different configuration
+NO_PEERS = 10005  # JetStream: no suitable peers for placement (nodes not up yet)
 
 
 class LeaseLost(Exception):
@@ -68,8 +76,9 @@ def instance_name() -> str:
 
 class Lease:
     def __init__(self, holder: str | None = None, ttl: float = TTL, renew: float = RENEW,
-                 retry: float = RETRY, margin: float = MARGIN) -> None:
+                 retry: float = RETRY, margin: float = MARGIN, bucket: str = BUCKET) -> None:
         self.holder = holder or instance_name()
+        self.bucket = bucket
         self.ttl, self.renew_every, self.retry, self.margin = ttl, renew, retry, margin
         self.kv: KeyValue | None = None
         self.revision = 0
@@ -77,22 +86,51 @@ class Lease:
         self.taken_at = 0.0  # wall clock of the takeover
         self.leading = False
 
-    async def open(self, nc: NATS, replicas: int = 1) -> None:
+    async def open(self, nc: NATS, replicas: int = 1,
+                   stopping: asyncio.Event | None = None) -> bool:
+        """Make or open the bucket; False when `stopping` was set first. A cluster whose
+        nodes are not all up yet cannot place the replicas: that is waited out (every
+        RETRY seconds), never taken for a bucket made before."""
         js = nc.jetstream(timeout=5)
         # file storage: the lease outlives a nats-server restart shorter than the TTL (a
         # memory bucket would vanish and the leader would take that for a takeover)
-        config = KeyValueConfig(bucket=BUCKET, ttl=self.ttl, history=1,
+        config = KeyValueConfig(bucket=self.bucket, ttl=self.ttl, history=1,
                                 storage=StorageType.FILE, replicas=replicas)
-        try:
-            self.kv = await js.create_key_value(config)
-        except BadRequestError:  # made before with other settings: use it as it is
-            self.kv = await js.key_value(BUCKET)
-            info = await js.stream_info(f"KV_{BUCKET}")
-            max_age = info.config.max_age
-            if max_age and max_age < self.ttl:  # entries die sooner: our deadline too
-                log.warning("the lease bucket keeps entries shorter than planned",
-                            extra={"ttl": max_age, "planned": self.ttl})
-                self.ttl = float(max_age)
+        told = ""
+        while stopping is None or not stopping.is_set():
+            try:
+                self.kv = await js.create_key_value(config)
+                return True
+            except BadRequestError as exc:
+                if exc.err_code == NAME_IN_USE:  # made before with other settings
+                    await self._open_existing(js)
+                    return True
+                if exc.err_code != NO_PEERS:
+                    raise
+                reason = str(exc.description)
+            except (ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            if reason != told:
+                told = reason
+                log.warning("lease bucket not placeable yet; waiting for the cluster",
+                            extra={"replicas": replicas, "error": reason})
+            if stopping is None:
+                await asyncio.sleep(self.retry)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), self.retry)
+            except TimeoutError:
+                pass
+        return False
+
+    async def _open_existing(self, js: JetStreamContext) -> None:
+        self.kv = await js.key_value(self.bucket)
+        info = await js.stream_info(f"KV_{self.bucket}")
+        max_age = info.config.max_age
+        if max_age and max_age < self.ttl:  # entries die sooner: our deadline too
+            log.warning("the lease bucket keeps entries shorter than planned",
+                        extra={"ttl": max_age, "planned": self.ttl})
+            self.ttl = float(max_age)
 
     def _value(self) -> bytes:
         return json.dumps({"holder": self.holder, "since": self.taken_at}).encode()
@@ -233,7 +271,8 @@ class Leadership:
             FixedCredentials(lambda: held), on_connect)
         await asyncio.wait_for(self.link.start(), 30)
         assert self.link.nc is not None
-        await self.lease.open(self.link.nc, self.replicas)
+        if not await self.lease.open(self.link.nc, self.replicas, stopping):
+            return False
         if not await self.lease.acquire(stopping, wait):
             return False
         # renewed from now on, not only once the bridge runs (its start-up can take longer
