@@ -80,6 +80,9 @@ class FleetConfig:
     keep_stack: bool = False  # keep a private stack's directory (logs) after the run
     revocations: int = 20  # disables timed at rest and under load (0: none)
     burst: int = 10  # devices disabled at once, at rest and under load (0: none)
+    # also time `revocations` disables of devices in a small tenant of their own, while the
+    # fleet's tenant holds the N agents (an MSP's shape: many tenants, each a few hundred)
+    neighbour: bool = True
 
     @property
     def process_count(self) -> int:
@@ -128,6 +131,11 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         if cfg.burst:
             summary["revocation_burst_at_rest"] = await time_burst(admin, await enroll_probes(
                 admin, tenant, target.pb_url, target.nats_urls, cfg.burst))
+        neighbour = (await create_tenant(admin, f"{slug}-nb", 100)
+                     if cfg.neighbour and cfg.revocations else None)
+        if neighbour is not None:
+            summary["revocation_neighbour_at_rest"] = await revocation_latency(
+                admin, neighbour, target.pb_url, target.nats_urls, cfg.revocations)
 
         bulk = await bulk_rows(admin, slug, "sim", cfg.agents, tmp / "devices.csv")
         summary["bulk_create"] = {"rows": len(bulk.created), "seconds": round(bulk.seconds, 1),
@@ -168,6 +176,8 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
         probes = await enroll_probes(admin, tenant, target.pb_url, target.nats_urls,
                                      cfg.revocations)  # their logins before the window
         burst = await enroll_probes(admin, tenant, target.pb_url, target.nats_urls, cfg.burst)
+        neighbours = (await enroll_probes(admin, neighbour, target.pb_url, target.nats_urls,
+                                          cfg.revocations) if neighbour is not None else [])
         await asyncio.sleep(cfg.settle)
         before = await sims.stats()
         counted = (await asyncio.to_thread(bridge_counters, target.bridge_metrics_port)
@@ -181,6 +191,9 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
                 summary["revocation_under_load"] = await time_revocations(admin, probes)
             if burst:
                 summary["revocation_burst_under_load"] = await time_burst(admin, burst)
+            if neighbours:
+                summary["revocation_neighbour_under_load"] = await time_revocations(
+                    admin, neighbours)
 
         steady, _ = await asyncio.gather(sampled, revocations_under_load())
         end_at = pb_date(time.time())
@@ -322,6 +335,9 @@ def parse(argv: list[str] | None = None) -> FleetConfig:
     p.add_argument("--burst", type=int, default=10,
                    help="devices disabled all at once, at rest and during the steady window "
                    "(10; 0 = skip)")
+    p.add_argument("--no-neighbour", dest="neighbour", action="store_false",
+                   help="skip the disables timed in a small tenant of their own next to the "
+                   "fleet's (on by default, with --revocations of them)")
     p.add_argument("--keep-stack", action="store_true",
                    help="keep the private stack's directory (its logs) instead of removing it")
     a = p.parse_args(argv)
@@ -333,7 +349,8 @@ def parse(argv: list[str] | None = None) -> FleetConfig:
                        nats_urls=urls, pb_url=a.pb_url, stack_pid=a.stack_pid,
                        enroll_concurrency=a.enroll_concurrency,
                        connect_concurrency=a.connect_concurrency, keep_stack=a.keep_stack,
-                       revocations=a.revocations, burst=a.burst)
+                       revocations=a.revocations, burst=a.burst,
+                       neighbour=a.neighbour)
 
 
 async def _until_signalled(cfg: FleetConfig) -> dict[str, Any]:

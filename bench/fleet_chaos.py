@@ -26,7 +26,6 @@ Progress goes to stderr, the JSON summary to stdout (exit 1 when a drill failed)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -36,9 +35,8 @@ import secrets
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,10 @@ import nats
 from nats.aio.client import Client as NATS
 
 from bench.fleet_agents import LoadConfig, raise_fd_limit
-from bench.fleet_chaos_drills import DRILLS, Drill, Fleet, Monitor, Rig, start_rig, within
+from bench.fleet_chaos_config import ChaosConfig, parse
+from bench.fleet_chaos_drills import DRILLS, Drill
+from bench.fleet_chaos_probes import RouteProbe, Sampler
+from bench.fleet_chaos_rig import Fleet, Monitor, Rig, start_rig, within
 from bench.fleet_enroll import (
     bulk_rows,
     create_tenant,
@@ -63,7 +64,6 @@ from cairn_common.tasks import cancel_and_wait
 
 RULE = ('subject: "agents.*.telemetry.chaos"\n'
         'actions:\n  - publish: "alerts.chaos"\n    payload: \'{"n": {n}}\'\n')
-PROBE_SUBJECT = "agents.chaos-probe.telemetry.chaos"
 T0 = time.monotonic()
 LEGEND = {  # what a drill's figures mean (seconds from the moment the fault is in place)
     "undone_s": "the fault undone: restarted and ready again, or SIGCONT",
@@ -85,117 +85,6 @@ LEGEND = {  # what a drill's figures mean (seconds from the moment the fault is 
 
 def say(message: str) -> None:
     print(f"[fleet-chaos {time.monotonic() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class ChaosConfig:
-    agents: int = 2000
-    processes: int = 2  # simulator processes (drill g kills one)
-    heartbeat: float = 30.0
-    telemetry: float = 10.0
-    drills: tuple[str, ...] = tuple(DRILLS)
-    down: float = 5.0  # seconds a killed component stays down
-    stop_seconds: float = 30.0  # SIGSTOP duration
-    timeout: float = 120.0  # bound of every wait of a drill
-    ping_timeout: float = 3.0  # one broadcast ping attempt
-    setup_timeout: float = 600.0  # stack start, enrollment, connect
-    nats_urls: tuple[str, ...] = ()
-    pb_url: str = ""  # empty: a private stack
-    monitor_urls: tuple[str, ...] = ()
-    stack_pid: int = 0
-    enroll_concurrency: int = 32
-    connect_concurrency: int = 200
-    keep_stack: bool = False
-
-
-class Sampler:
-    """The agents' connections as the nodes' /connz lists them, every `every` s."""
-
-    def __init__(self, monitor: Monitor, account: str, every: float = 0.5) -> None:
-        self.monitor, self.account, self.every = monitor, account, every
-        self.samples: list[tuple[float, float, int]] = []  # asked, answered, count
-        self.fresh = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="chaos-sampler")
-
-    async def _run(self) -> None:
-        while True:
-            asked = time.monotonic()
-            count = len(await self.monitor.agents(self.account))
-            self.samples.append((asked, time.monotonic(), count))
-            self.fresh.set()
-            await asyncio.sleep(self.every)
-
-    async def until(self, ok: Any, since: float, timeout: float) -> float:
-        """When the first sample asked for from `since` on with `ok(count)` was answered."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for asked, answered, count in self.samples[seen:]:
-                if asked >= since and ok(count):
-                    return answered
-            seen = len(self.samples)
-            self.fresh.clear()
-            await asyncio.wait_for(self.fresh.wait(), max(0.0, deadline - time.monotonic()))
-
-    def dip(self, since: float, end: float, full: int) -> dict[str, Any]:
-        """The lowest count from `since` to `end`, and when it was `full` again for good (0
-        when no sample saw fewer: every agent was back within one sampling period)."""
-        window = [(a, t, c) for a, t, c in self.samples if since <= a <= end]
-        short = [a for a, _, c in window if c < full]
-        back = [t for a, t, c in window if c >= full and short and a > short[-1]]
-        return {"agents_lowest": min((c for _, _, c in window), default=None),
-                "connected_again_s": round(back[0] - since, 2) if back else
-                0.0 if not short else None}
-
-
-class RouteProbe:
-    """RULE's probe: one message every `every` s into TELEMETRY, its alert counted."""
-
-    def __init__(self, nc: NATS, every: float = 0.5) -> None:
-        self.nc, self.every = nc, every
-        self.sent: dict[int, float] = {}  # n -> when its publish was acknowledged
-        self.seen: dict[int, float] = {}  # n -> when its alert arrived
-        self.failed = 0
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        async def alert(msg: Any) -> None:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                self.seen.setdefault(int(json.loads(msg.data)["n"]), time.monotonic())
-
-        await self.nc.subscribe("alerts.chaos", cb=alert)
-        await self.nc.flush()
-        self.task = asyncio.create_task(self._publish(), name="chaos-route-probe")
-
-    async def _publish(self) -> None:
-        js, run, n = self.nc.jetstream(timeout=5), secrets.token_hex(3), 0
-        while True:
-            try:
-                await js.publish(PROBE_SUBJECT, json.dumps({"n": n}).encode(),
-                                 headers={"Nats-Msg-Id": f"chaos-{run}-{n}"})
-                self.sent[n] = time.monotonic()
-            except (nats.errors.Error, TimeoutError, OSError):
-                self.failed += 1
-            n += 1
-            await asyncio.sleep(self.every)
-
-    async def routed(self, since: float, timeout: float) -> dict[str, Any]:
-        """Probes acknowledged from `since` until now, and how many came back as alerts
-        (waiting up to `timeout` for the last: a killed router's are redelivered after the
-        consumer's ack wait)."""
-        wanted = [n for n, t in list(self.sent.items()) if t >= since]
-
-        async def complete() -> bool:
-            return all(n in self.seen for n in wanted)
-        with contextlib.suppress(TimeoutError):
-            await within(complete, timeout, "every probe routed")
-        missing = sum(n not in self.seen for n in wanted)
-        back = [self.seen[n] for n, t in self.sent.items() if t >= since and n in self.seen]
-        return {"published": len(wanted), "missing": missing,
-                "first_alert_s": round(min(back) - since, 2) if back else None}
 
 
 @dataclass
@@ -520,64 +409,6 @@ async def run(cfg: ChaosConfig) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     summary["ok"] = all(d.get("ok", "skipped" in d) for d in summary["drills"].values())
     return summary
-
-
-HELP = {  # ChaosConfig's fields on the command line, in this order
-    "agents": "simulated agents",
-    "processes": "simulator processes (drill g kills one of them)",
-    "heartbeat": "seconds between an agent's heartbeats (0 = none)",
-    "telemetry": "seconds between an agent's telemetry publishes (0 = none)",
-    "drills": "which drills, in this order, by letter or name, comma-separated",
-    "down": "seconds a killed component stays down before it is started again",
-    "stop_seconds": "how long drill c keeps a node SIGSTOPped",
-    "timeout": "bound of every wait of a drill: healthy before, agents back, the ping, the "
-               "revocation, routing",
-    "ping_timeout": "one broadcast ping attempt, repeated until all answer (so ping_all_s is "
-                    "as fine as this)",
-    "setup_timeout": "bound of the stack's start and of the agents' connect",
-    "nats_urls": "an existing stack's NATS URLs, comma-separated (with --pb-url; there only "
-                 "drills c and g run: the launcher restarts nothing)",
-    "pb_url": "an existing stack's PocketBase, superuser from CAIRN_ADMIN_EMAIL / "
-              "CAIRN_ADMIN_PASSWORD (default: a private stack)",
-    "monitor_urls": "the existing stack's monitoring URLs in --nats-url's order (default: "
-                    "each client port + 4000, as the launcher does)",
-    "stack_pid": "the existing stack's launcher pid: drill c SIGSTOPs one of its nodes",
-    "enroll_concurrency": "enrollments at once",
-    "connect_concurrency": "connects at once per simulator process",
-    "keep_stack": "keep the private stack's directory (its logs)",
-}
-FLAGS = {"nats_urls": "--nats-url", "monitor_urls": "--monitor-url"}  # one flag, a list
-
-
-def parse(argv: list[str] | None = None) -> ChaosConfig:
-    table = "\n".join(textwrap.fill(d.what, 88, initial_indent=f"  {k} {d.name:<14} ",
-                                    subsequent_indent=" " * 19) for k, d in DRILLS.items())
-    p = argparse.ArgumentParser(
-        prog="python -m bench fleet-chaos", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(__doc__ or "").split("\n\n", 1)[1] + "\n\ndrills (--drills):\n" + table)
-    defaults = {f.name: f.default for f in fields(ChaosConfig)}
-    for name, text in HELP.items():
-        flag, default = FLAGS.get(name, "--" + name.replace("_", "-")), defaults[name]
-        if isinstance(default, bool):
-            p.add_argument(flag, dest=name, action="store_true", help=text)
-            continue
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        p.add_argument(flag, dest=name, metavar=flag[2:].upper().replace("-", "_"),
-                       type=str if isinstance(default, tuple) else type(default),
-                       default=shown, help=f"{text} ({shown})" if shown else text)
-    values = vars(p.parse_args(argv))
-    for name, default in defaults.items():
-        if isinstance(default, tuple):
-            values[name] = tuple(v.strip() for v in values[name].split(",") if v.strip())
-    names = {d.name: k for k, d in DRILLS.items()}
-    values["drills"] = tuple(names.get(d, d) for d in values["drills"])
-    unknown = [d for d in values["drills"] if d not in DRILLS]
-    if unknown:
-        p.error(f"unknown drill {unknown[0]!r}; choose from {', '.join(DRILLS)} or "
-                f"{', '.join(names)}")
-    if values["agents"] < 1 or values["processes"] < 1:
-        p.error("--agents and --processes must be at least 1")
-    return ChaosConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,8 @@ DEVICE_REQUESTS = Counter(
     ["kind", "outcome"])
 PRESENCE_PENDING = Gauge("cairn_bridge_presence_pending",
                          "Devices whose heartbeats wait for the next presence pass")
+PRESENCE_DEFERRED = Counter("cairn_bridge_presence_online_deferred_total",
+                            "First `online` writes put off to a later pass (ONLINE_BUDGET)")
 PRESENCE_WRITE_FAILURES = Counter("cairn_bridge_presence_write_failures_total",
                                   "Presence row writes that failed (retried on later beats)")
 EVENTS_SKIPPED = Counter("cairn_bridge_events_skipped_total",

@@ -8,7 +8,10 @@ many per query (device_ids.py), and writes go out through the batch writer with 
 concurrency. `online` is written when it changes; `last_seen` at most every
 `write_every()` seconds per device, a period that grows with the fleet so the writes stay
 within `WRITE_BUDGET` rows/s: under load presence gets less fresh, and identity work
-(revocations, enrollment) never waits behind it. The bridge's own writes come back as
+(revocations, enrollment) never waits behind it. The first `online` of many devices at
+once is paced too (`ONLINE_BUDGET` rows/s; the rest wait in `pending` for the next pass),
+so a fleet coming up shows online over a few minutes rather than saturating PocketBase.
+The bridge's own writes come back as
 realtime events; the event router drops those that change nothing but presence fields
 (events.py `PRESENCE_FIELDS`).
 
@@ -50,6 +53,10 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 2.0  # seconds between passes over the folded heartbeats
 WRITE_EVERY = 60.0  # shortest period between last_seen writes for one device
 WRITE_BUDGET = 50.0  # last_seen rows written per second at most, on average
+# first `online` writes per second at most: 20,000 agents coming up at once (a fresh fleet,
+# a bridge restart) would otherwise keep PocketBase busy writing for minutes, and the
+# realtime event of a disable would queue behind those writes (SPEC §12)
+ONLINE_BUDGET = 100.0
 OFFLINE_AFTER = 150.0  # no heartbeat for this long (2.5 x 60 s) -> offline
 MAX_PENDING = 100_000  # folded heartbeats waiting for a pass (more are dropped, counted)
 WRITERS = 32  # row writes in flight at once (the batch writer packs them)
@@ -117,22 +124,31 @@ class Presence:
         writes: list[tuple[str, dict[str, Any], str, str]] = []
         drains: list[str] = []
         every = self.write_every()
+        room = max(1, int(ONLINE_BUDGET * FLUSH_EVERY))  # first `online` writes this pass
+        deferred = 0
         for tenant_id, codes in by_tenant.items():
             found = await self.ids.resolve_many(tenant_id, codes)
             for code, device_id in found.items():
                 beat = batch[(tenant_id, code)]
                 last = self.seen.get(device_id)
                 was_seen = last is not None and beat - last < OFFLINE_AFTER
-                self.seen[device_id] = max(beat, last or beat)
-                if not was_seen or device_id in self.dispatcher.offline:
-                    if device_id in self.dispatcher.offline:
-                        drains.append(device_id)
+                if device_id in self.dispatcher.offline:
+                    drains.append(device_id)  # never deferred: its commands are waiting
                     self.dispatcher.offline.discard(device_id)
+                if not was_seen and room <= 0:  # the next pass writes it
+                    key = (tenant_id, code)
+                    self.pending[key] = max(beat, self.pending.get(key, beat))
+                    deferred += 1
+                    continue
+                self.seen[device_id] = max(beat, last or beat)
                 if not was_seen:
+                    room -= 1
                     writes.append((device_id, {"last_seen": pb_now(), "online": True},
                                    tenant_id, code))
                 elif beat - self.written.get(device_id, -math.inf) >= every:
                     writes.append((device_id, {"last_seen": pb_now()}, tenant_id, code))
+        if deferred:
+            metrics.PRESENCE_DEFERRED.inc(deferred)
         await self._write_all(writes)
         await self._drain_all(drains)
         metrics.PRESENCE_PENDING.set(len(self.pending))

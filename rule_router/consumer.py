@@ -58,7 +58,7 @@ class Consumer:
             stage = "subscribe"
             msgs: list[Any] = []
             try:
-                if self.runtime._subs_on is not self.runtime.nc:  # connection swapped
+                if self.runtime.core.made_on is not self.runtime.nc:  # connection swapped
                     await self.runtime.rebind()
                 if self.sub is None or self.bound is not self.runtime.nc:
                     await self._subscribe()

@@ -16,11 +16,12 @@ Alerts (`alerts.`, dead letters included) are JetStream publishes into the tenan
 ALERTS stream, waiting for the PubAck, with a `Nats-Msg-Id` per (message, rule, action);
 without that stream they fall back to core publishes (`alerts.py`).
 
-Core subscriptions are in a queue group named after the router's identity: the server
-hands each core message to one of them, so filters that overlap, two connections of one
-router while one replaces the other, or two processes of the same identity never
-evaluate it twice (the durable consumer is per identity in the same way). A swap loses
-none: the new connection subscribes (and flushes) before the old one's subs are drained.
+Core subscriptions (`core_subs.py`) are in a queue group named after the router's
+identity: the server hands each core message to one of them, so filters that overlap, two
+connections of one router while one replaces the other, or two processes of the same
+identity never evaluate it twice (the durable consumer is per identity in the same way).
+A swap loses none: the new connection subscribes (and flushes) before the old one's subs
+are drained.
 
 The connection uses the service user's own inbox prefix (`service_inbox`): its replies
 (PubAcks included) never travel under the shared `_INBOX.>`, which its permissions do not
@@ -45,7 +46,6 @@ message is acked: it is not telemetry and never will be).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -68,6 +68,7 @@ from rule_router.actions.egress import guarded_client
 from rule_router.addresses import EgressPolicy
 from rule_router.alerts import AlertPublisher
 from rule_router.consumer import Consumer
+from rule_router.core_subs import CoreSubscriptions
 from rule_router.environment import RuleEnv
 from rule_router.errors import RegexTimeout
 from rule_router.evaluate import evaluate_many
@@ -91,8 +92,6 @@ LATENCY_SAMPLE = 8  # time one evaluation in this many for the latency histogram
 STRIKES = 3  # regex time-outs before a rule's source (row or file) is suspended
 SERVICE_USER = "cairn-router"  # the router's NATS user name in every tenant account
 CONNECT_WAIT = 15.0  # seconds start() waits for the first connection
-SUB_FLUSH = 5.0  # seconds for the server to confirm a new connection's subscriptions
-SUB_DRAIN = 5.0  # seconds an old connection's subscription may take to hand over its queue
 
 Suspend = Callable[[Rule, str], None]
 
@@ -125,16 +124,13 @@ class TenantRouter(Acting):
         self.nc: NATS | None = None
         self.ack_wait = ACK_WAIT if ack_wait is None else ack_wait
         self.live_ack_wait = self.ack_wait
-        self.queue = user  # core subscriptions' queue group (see the module docstring)
-        self.core_subs: dict[str, Any] = {}
-        self._subs_on: NATS | None = None  # the connection core_subs were made on
+        self.core = CoreSubscriptions(user, self._on_core)  # queue group: the identity
         self.ledger = Ledger()
         self.publisher = AlertPublisher(slug, lambda: self.nc)
         self.consumer = Consumer(self)
         self.tasks: list[asyncio.Task[Any]] = []
         self.limit = asyncio.Semaphore(CONCURRENCY)
         self.inflight: set[asyncio.Task[Any]] = set()
-        self._subscribing = asyncio.Lock()
         self._count = 0
 
     async def start(self) -> None:
@@ -217,39 +213,12 @@ class TenantRouter(Acting):
     async def _resubscribe(self) -> None:
         """Bring the core subscriptions in line with the rule set, on the current
         `self.nc` (all of them again when the connection object was swapped)."""
-        async with self._subscribing:  # swaps can come in bursts; one diff at a time
-            await self._resubscribe_locked()
+        assert self.nc is not None
+        await self.core.sync(self.nc, self.ruleset.core_filters())
 
-    async def _resubscribe_locked(self) -> None:
-        nc, wanted = self.nc, self.ruleset.core_filters()
-        assert nc is not None
-        if self._subs_on is not nc:  # made on a connection that is gone (or none)
-            await self._move_subs(nc, wanted)
-            return
-        for subject in set(self.core_subs) - wanted:
-            await self.core_subs.pop(subject).unsubscribe()
-        for subject in wanted - set(self.core_subs):
-            self.core_subs[subject] = await nc.subscribe(subject, queue=self.queue,
-                                                         cb=self._on_core)
-
-    async def _move_subs(self, nc: NATS, wanted: set[str]) -> None:
-        """Subscribe on `nc` first (same queue group) and flush, so the server has the
-        new interest; only then drain the old subscriptions: what they already hold is
-        still handled (nats-py's unsubscribe drops it), and nothing arrives in between."""
-        fresh: dict[str, Any] = {}
-        try:
-            for subject in wanted:
-                fresh[subject] = await nc.subscribe(subject, queue=self.queue,
-                                                    cb=self._on_core)
-            await nc.flush(timeout=SUB_FLUSH)
-        except BaseException:
-            for sub in fresh.values():
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            raise
-        old, self.core_subs, self._subs_on = self.core_subs, fresh, nc
-        if old:
-            await asyncio.wait([asyncio.create_task(_drain(sub)) for sub in old.values()])
+    @property
+    def core_subs(self) -> dict[str, Any]:
+        return self.core.subs
 
     async def _on_core(self, msg: Msg) -> None:
         if subject_matches(TELEMETRY, msg.subject):
@@ -418,10 +387,3 @@ class TenantRouter(Acting):
                             "enable it) to load it again.")
 
 
-
-async def _drain(sub: Any) -> None:
-    """Drain an old connection's subscription, bounded (a closed one has nothing left)."""
-    try:
-        await asyncio.wait_for(sub.drain(), SUB_DRAIN)
-    except (TimeoutError, nats.errors.Error, OSError) as exc:
-        log.debug("old core subscription not drained", extra={"error": str(exc) or repr(exc)})

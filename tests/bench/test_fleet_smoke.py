@@ -13,7 +13,8 @@ async def test_fleet_of_twenty_runs_every_phase():
     summary = await run(FleetConfig(agents=20, processes=1, heartbeat=1, telemetry=2,
                                     duration=4, rest=1, settle=1, revocations=2, burst=2))
     for phase in ("revocation_at_rest", "revocation_under_load", "revocation_burst_at_rest",
-                  "revocation_burst_under_load"):
+                  "revocation_burst_under_load", "revocation_neighbour_at_rest",
+                  "revocation_neighbour_under_load"):
         figures = summary[phase]
         assert figures["missed"] == 0 and figures["p99_ms"] > 0, figures
         assert figures["samples"] == 2 and figures["still_accepted_after"] == 0, figures

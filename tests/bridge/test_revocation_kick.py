@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -20,7 +21,7 @@ from cairn_common import natsjwt, nkey
 from cairn_common.natsauth import connect_options
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.kicker import newly_revoked
-from tests.live import account_ready, connect, enroll, new_device, new_tenant
+from tests.live import account_ready, connect, enroll, eventually, new_device, new_tenant
 
 CROWD = 1500
 
@@ -32,8 +33,7 @@ def test_newly_revoked_lists_added_and_moved_keys_only():
     assert newly_revoked(after, after) == {}
 
 
-@pytest.fixture
-async def crowded_tenant(bridge, admin, nats_env):
+async def _crowded(admin, nats_env) -> AsyncIterator[dict]:
     """A tenant whose account holds CROWD live connections (users of its signing key)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < CROWD + 1000 <= hard:
@@ -57,6 +57,26 @@ async def crowded_tenant(bridge, admin, nats_env):
     await asyncio.gather(*(one(n) for n in range(CROWD)))
     yield tenant
     await asyncio.gather(*(nc.close() for nc in crowd), return_exceptions=True)
+
+
+@pytest.fixture
+async def crowded_tenant(bridge, admin, nats_env):
+    async for tenant in _crowded(admin, nats_env):
+        yield tenant
+
+
+@pytest.fixture
+async def crowded_after_restart(bridge, admin, nats_env):
+    """The same, made after nats-server restarted under the running bridge: the kicker's
+    SYS links (one per server) must have come back by themselves."""
+    nats_env.restart()
+    kicker = bridge.bridge.pusher.kicker
+
+    async def links_up() -> bool:
+        return len(kicker._connected()) == len(kicker._links)
+    await eventually(links_up, 20, "the kicker's links back after the restart")
+    async for tenant in _crowded(admin, nats_env):
+        yield tenant
 
 
 async def _disable_and_watch(admin, pb_env, nats_env, tenant) -> list[str]:
@@ -93,6 +113,14 @@ async def test_disable_kicks_before_the_walk_and_the_reconnect_is_refused(
     assert not any("authentication revoked" in e for e in errors), errors
     # what the reconnect met: the revocation was already in force
     assert any("authorization" in e for e in errors), errors
+
+
+async def test_kicks_still_overtake_the_walk_after_a_nats_restart(
+        crowded_after_restart, bridge, admin, pb_env, nats_env):
+    before = _kicked()
+    errors = await _disable_and_watch(admin, pb_env, nats_env, crowded_after_restart)
+    assert _kicked() == before + 1
+    assert not any("authentication revoked" in e for e in errors), errors
 
 
 async def test_without_the_kicker_the_walk_closes_it(crowded_tenant, bridge, admin, pb_env,

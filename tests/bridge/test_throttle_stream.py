@@ -84,3 +84,48 @@ def test_throttle_bound_follows_the_memory_quota():
 def test_the_bridge_makes_the_bucket_the_router_uses():
     assert streams.THROTTLE_BUCKET == shared_throttle.BUCKET
     assert streams.THROTTLE == shared_throttle.STREAM
+
+
+async def test_the_bucket_comes_back_after_a_nats_restart(bridge, admin, nats_env):
+    """A memory stream does not survive nats-server's restart: the bridge makes it again
+    (its catch-up pass after the reconnect), so routers share windows again; the file
+    stream next to it (TELEMETRY) is kept as it was, the control that the restart was real
+    and only memory went."""
+    tenant = await account_ready(admin, await new_tenant(admin))
+    nc, js = await _js(admin, nats_env, tenant)
+    try:
+        kv = await js.key_value(streams.THROTTLE_BUCKET)
+        await kv.create("k", b"v", msg_ttl=300)
+        await js.publish(f"agents.x.telemetry.{tenant['id']}", b"{}")
+    finally:
+        await nc.close()
+    nats_env.restart()
+
+    async def remade():
+        nc, js = await _js(admin, nats_env, tenant)
+        try:
+            config = await _config(js)
+            if config is None:
+                return None
+            kv = await js.key_value(streams.THROTTLE_BUCKET)
+            kept = (await js.stream_info("TELEMETRY")).state.messages
+            try:
+                await kv.get("k")
+                value = "kept"
+            except Exception:
+                value = "gone"
+            return config, kept, value
+        finally:
+            await nc.close()
+
+    config, kept, value = await eventually(remade, 30, "the throttle bucket made again")
+    assert config.storage == StorageType.MEMORY and config.max_bytes == THROTTLE_MAX_BYTES
+    assert value == "gone"  # memory: the window went with the restart
+    assert kept >= 1  # the file stream kept its message
+
+    async def audited() -> int:
+        rows = await admin.list("audit_log", (
+            f'tenant = "{tenant["id"]}" && action = "stream.created" '
+            f'&& target = "streams/{THROTTLE}"'))
+        return len(rows) if len(rows) >= 2 else 0
+    assert await eventually(audited, 10, "the bucket made twice, in the audit log") == 2

@@ -197,6 +197,42 @@ async def test_a_devices_puback_aimed_at_ping_is_not_answered(arena):
     assert health["commands"]["dropped"] == stats.commands_dropped >= dropped + 1
 
 
+async def test_the_routers_throttle_write_aimed_at_ping_and_a_heartbeat_does_nothing(
+        arena, admin, bridge, nats_env, router_identity):
+    """The router may write its throttle keys (`$KV.CAIRN_THROTTLE.<identity>.>`,
+    pb_migrations/1764000005): the PubAck of such a write with a forged reply lands where
+    the router points it. Aimed at Y's ping it is dropped by the agent; aimed at Z's
+    heartbeat it marks nothing online. Control: the same write with no forged reply is
+    stored (the right is real), and Y still answers a real ping."""
+    a, code, z = arena, arena.y["code"], arena.z
+    ping, heartbeat = f"agents.{code}.cmd.ping", f"agents.{z['code']}.heartbeat"
+    row = await eventually(lambda: admin.first("nats_users", (
+        f'tenant = "{a.tenant["id"]}" && name = "{router_identity.name}" && jwt != ""')), 10)
+    router = await connect(nats_env.url, *router_identity.creds_for(row),
+                           inbox_prefix=service_inbox(router_identity.name))
+    a.conns.append(router)
+    key = f"$KV.CAIRN_THROTTLE.{router_identity.name}.{uid('k')}"
+    body = json.dumps({"until": 0, "seq": None}).encode()
+    ack = await router.jetstream().publish(key, body)  # control: the write itself is allowed
+    assert ack.stream == "KV_CAIRN_THROTTLE"
+    stats = a.app.ctx.stats
+    dropped, processed = stats.commands_dropped, stats.commands_processed
+    pinged, beats = len(a.heard_on(ping)), len(a.heard_on(heartbeat))
+    ignored = _ignored("body")
+    await router.publish(key, body, reply=ping)
+    await router.publish(key, body, reply=heartbeat)
+    await eventually(lambda: _dropped(a, dropped + 1), 10, "the PubAck at ping dropped")
+    await eventually(lambda: _at_least((_ignored("body"), ignored + 1)), 10,
+                     "the PubAck at the heartbeat ignored")
+    forged = (await eventually(lambda: _heard(a, ping, pinged + 1), 10, "it seen"))[pinged]
+    assert json.loads(forged.data)["stream"] == "KV_CAIRN_THROTTLE" and not forged.reply
+    assert await eventually(lambda: _heard(a, heartbeat, beats + 1), 10, "it seen too")
+    assert stats.commands_processed == processed
+    assert z["id"] not in bridge.bridge.presence.seen  # Z's agent is not running yet
+    assert (await admin.get("devices", z["id"]))["online"] is False
+    assert await _pong(a)  # control: a real request is still answered
+
+
 async def test_a_stored_exec_request_delivered_by_jetstream_does_not_run(arena):
     """The worst case: X stores a complete exec request; a direct get (Nats-* headers, no
     reply) and a push consumer ($JS.ACK reply) deliver it into Y's exec subject. A push
