@@ -63,9 +63,10 @@ def parse(argv: list[str] | None = None) -> ChaosConfig:
 
     table = "\n".join(textwrap.fill(d.what, 88, initial_indent=f"  {k} {d.name:<14} ",
                                     subsequent_indent=" " * 19) for k, d in DRILLS.items())
+    about = (fleet_chaos.__doc__ or "").split("\n\n", 1)[1]
     p = argparse.ArgumentParser(
         prog="python -m bench fleet-chaos", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(fleet_chaos.__doc__ or "").split("\n\n", 1)[1] + "\n\ndrills (--drills):\n" + table)
+        description=about + "\n\ndrills (--drills):\n" + table)
     defaults = {f.name: f.default for f in fields(ChaosConfig)}
     for name, text in HELP.items():
         flag, default = FLAGS.get(name, "--" + name.replace("_", "-")), defaults[name]
