@@ -9,8 +9,11 @@ concurrency. `online` is written when it changes; `last_seen` at most every
 `write_every()` seconds per device, a period that grows with the fleet so the writes stay
 within `WRITE_BUDGET` rows/s: under load presence gets less fresh, and identity work
 (revocations, enrollment) never waits behind it. The first `online` of many devices at
-once is paced too (`ONLINE_BUDGET` rows/s; the rest wait in `pending` for the next pass),
-so a fleet coming up shows online over a few minutes rather than saturating PocketBase.
+once is paced too: at most `ONLINE_BUDGET` x `FLUSH_EVERY` of them per pass (the rest
+wait in `pending` for the next one). A pass waits for its writes, so when PocketBase is
+slow the passes are too and the pace drops with it (20,000 agents: about 40 rows/s on 2
+cores, docs/benchmarks.md): a fleet coming up shows online over a few minutes instead of
+saturating PocketBase.
 The bridge's own writes come back as
 realtime events; the event router drops those that change nothing but presence fields
 (events.py `PRESENCE_FIELDS`).
