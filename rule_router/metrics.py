@@ -48,6 +48,10 @@ THROTTLE = Counter(
     "Decisions on throttled rules with the windows shared by the routers (outcome: opened "
     "= fired and opened a window, held = inside another message's window, redelivery = "
     "the window this very message opened)", ["outcome"])
+THROTTLE_OVER_BUDGET = Counter(
+    "cairn_router_throttle_over_budget_total",
+    "Decisions on throttled rules made on this router's own windows because the tenant "
+    "asked the shared bucket more often than its budget (shared_throttle.py KV_RATE)")
 THROTTLE_FALLBACK = Counter(
     "cairn_router_throttle_fallback_total",
     "Decisions on throttled rules made on this router's own windows: the shared throttle "

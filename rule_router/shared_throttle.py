@@ -28,6 +28,14 @@ number of routers a rule fires at most once per window per concrete subject.
   round trip (and its actions are not rendered); what it lets through comes back as a
   `Pending` and is confirmed (`admit`) before anything runs: once per window per key and
   router in the steady state.
+- **Budget**: at most KV_RATE decisions a second per tenant and router go to the bucket
+  (bursts of KV_BURST). Each distinct concrete subject is a window of its own, so a device
+  publishing on ever new `agents.<code>.telemetry.<x>` subjects would otherwise turn each
+  message into two KV requests, and fill the bounded bucket until the windows of everyone
+  else in the tenant are evicted. Past the budget a decision is made on the local windows
+  (counted in `cairn_router_throttle_over_budget_total`, logged at most once a minute):
+  at worst one firing per router per window for those keys, and the tenant's publish
+  budget (fanout.py) still bounds what they publish.
 - **KV unavailable** (no connection, a timeout, no bucket, refused): the decision is made
   on the local windows alone (the per-process throttle of before), counted in
   `cairn_router_throttle_fallback_total` and logged at most once a minute per tenant;
@@ -54,6 +62,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError, NotFoundError
 
 from rule_router import metrics
+from rule_router.fanout import PublishBudget
 from rule_router.ledger import delivery
 from rule_router.model import Firing
 from rule_router.throttle import Throttle
@@ -70,6 +79,8 @@ RETRY_AFTER = 5.0  # seconds without KV requests after one failed
 CAS_TRIES = 3  # reads and writes of one key before the other writers win
 PRUNE_EVERY = 1024  # windows remembered between two sweeps of the closed ones
 REPORT_EVERY = 60.0  # seconds between two log lines about an unavailable bucket
+KV_RATE = 200.0  # decisions a second per tenant and router that may ask the bucket
+KV_BURST = 400  # saved up at most
 WRONG_LAST = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 TTL_HEADER = "Nats-TTL"
@@ -156,6 +167,7 @@ class SharedThrottle:
         self._js: Any = None
         self._js_of: NATS | None = None
         self._reports = Throttle()
+        self._budget = PublishBudget(KV_RATE, KV_BURST)
 
     def __len__(self) -> int:
         return len(self._known)
@@ -190,6 +202,13 @@ class SharedThrottle:
         it is the one this message opened). Never raises: see the fallback above."""
         if time.monotonic() < self._down_until:
             return self._fallback(key, window, seq)
+        if not self._budget.take():
+            metrics.THROTTLE_OVER_BUDGET.inc()
+            if self._reports.allow("over-budget", REPORT_EVERY):
+                log.warning("shared throttle: more new windows a second than the budget; "
+                            "deciding the rest on this router's own windows", extra={
+                                "tenant": self.slug, "rate": KV_RATE, "burst": KV_BURST})
+            return self._local(key, window, seq)
         try:
             return await self._acquire(key, window, seq)
         except Exception as exc:  # any failure of the bucket: decide locally
@@ -228,6 +247,9 @@ class SharedThrottle:
 
     def _fallback(self, key: Hashable, window: float, seq: Seq) -> bool:
         metrics.THROTTLE_FALLBACK.inc()
+        return self._local(key, window, seq)
+
+    def _local(self, key: Hashable, window: float, seq: Seq) -> bool:
         if self.held(key, seq):
             return False
         known = self._known.get(key)

@@ -293,3 +293,56 @@ async def test_a_forged_ack_reply_on_a_core_subject_does_not_pass_as_a_redeliver
         assert sample(metrics.THROTTLE, "held") == held + 4
         assert sample(metrics.THROTTLE, "redelivery") == redelivered
         assert len(once) == 1, f"the throttled rule fired {len(once)} times"
+
+
+async def _router_nc(admin, nats_env, router_identity):
+    """A tenant, and a connection of the router's own user in it (what a runtime has)."""
+    from cairn_common.natsauth import service_inbox
+    from tests.live import account_ready, connect, new_tenant
+    from tests.router.harness import service_creds
+
+    tenant_ = await account_ready(admin, await new_tenant(admin))
+
+    async def issued():
+        return router_identity.creds_for(await service_creds(admin, tenant_,
+                                                             router_identity.name))
+    jwt, seed = await eventually(issued, 10, "the router's JWT in the tenant")
+    nc = await connect(nats_env.url, jwt, seed, inbox_prefix=service_inbox(router_identity.name))
+    return tenant_, nc
+
+
+async def _in_bucket(nc, identity: str, keys) -> int:
+    js = nc.jetstream(timeout=2)
+    found = 0
+    for key in keys:
+        try:
+            await js.get_msg(shared_throttle.STREAM, subject=shared_throttle.PREFIX
+                             + kv_key(identity, key), direct=True)
+            found += 1
+        except Exception:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("burst, asked", [(5, 5), (1000, 25)])
+async def test_ever_new_subjects_ask_the_bucket_only_within_the_budget(
+        bridge, router_identity, admin, nats_env, monkeypatch, burst, asked):
+    """A device publishing on ever new telemetry subjects makes a new window each time:
+    past the budget those are decided on the router's own windows (still once per window:
+    the second message on each subject is held), and the bucket holds only the ones within
+    it. Control: with room in the budget every window is in the bucket."""
+    monkeypatch.setattr(shared_throttle, "KV_RATE", 0.001)  # no refill during the test
+    monkeypatch.setattr(shared_throttle, "KV_BURST", burst)
+    _, nc = await _router_nc(admin, nats_env, router_identity)
+    try:
+        shared = SharedThrottle("t", router_identity.name, lambda: nc)
+        over = sample(metrics.THROTTLE_OVER_BUDGET)
+        keys = [("rules/x#0", f"agents.d1.telemetry.{uid('s')}") for _ in range(25)]
+        assert all([await shared.acquire(k, 60, seq=n) for n, k in enumerate(keys)])
+        assert not any([await shared.acquire(k, 60, seq=100 + n)  # held, either way
+                        for n, k in enumerate(keys)])
+        assert sample(metrics.THROTTLE_OVER_BUDGET) - over == (50 - asked
+                                                                if burst < 50 else 0)
+        assert await _in_bucket(nc, router_identity.name, keys) == asked
+    finally:
+        await nc.close()
