@@ -48,6 +48,7 @@ from cairn_common.layout import DataLayout
 from cairn_common.renewable import FixedCredentials
 from cairn_common.supervised import LinkSettings, SupervisedLink
 from pb_hooks_bridge import control_account, metrics
+from pb_hooks_bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ RETRY = 1.0  # seconds between a standby's attempts
 MARGIN = 1.5  # seconds before the lease's end after which the leader stops pushing
 NAME_IN_USE = 10058  # JetStream: stream name already in use with a different configuration
 NO_PEERS = 10005  # JetStream: no suitable peers for placement (nodes not up yet)
+CLUSTER_NOT_READY = 10008  # JetStream: "JetStream system temporarily unavailable"
+OPEN_WAIT = 120.0  # seconds the lease bucket may wait for a cluster still forming
 
 
 class LeaseLost(Exception):
@@ -90,30 +93,45 @@ class Lease:
                    stopping: asyncio.Event | None = None) -> bool:
         """Make or open the bucket; False when `stopping` was set first. A cluster whose
         nodes are not all up yet cannot place the replicas: that is waited out (every
-        RETRY seconds), never taken for a bucket made before."""
+        RETRY seconds, at most OPEN_WAIT), never taken for a bucket made before. What
+        waiting cannot mend (more replicas than nodes, JetStream off) raises BridgeError."""
         js = nc.jetstream(timeout=5)
         # file storage: the lease outlives a nats-server restart shorter than the TTL (a
         # memory bucket would vanish and the leader would take that for a takeover)
         config = KeyValueConfig(bucket=self.bucket, ttl=self.ttl, history=1,
                                 storage=StorageType.FILE, replicas=replicas)
-        told = ""
+        told, since = "", time.monotonic()
         while stopping is None or not stopping.is_set():
             try:
                 self.kv = await js.create_key_value(config)
                 return True
             except BadRequestError as exc:
                 if exc.err_code == NAME_IN_USE:  # made before with other settings
-                    await self._open_existing(js)
+                    await self._open_existing(js, replicas)
                     return True
                 if exc.err_code != NO_PEERS:
-                    raise
+                    raise BridgeError(f"cannot make the leader lease bucket: {exc.description}"
+                                      f" (JetStream error {exc.err_code})") from exc
                 reason = str(exc.description)
-            except (ServiceUnavailableError, nats.errors.TimeoutError, TimeoutError) as exc:
+            except ServiceUnavailableError as exc:
+                if exc.err_code not in (None, CLUSTER_NOT_READY):
+                    raise BridgeError(f"cannot make the leader lease bucket: {exc.description}"
+                                      f" (JetStream error {exc.err_code})") from exc
+                reason = str(exc.description or exc)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
+            waited = time.monotonic() - since
+            if waited >= OPEN_WAIT:
+                raise BridgeError(
+                    f"the leader lease bucket ({replicas} replicas) could not be placed in "
+                    f"{OPEN_WAIT:.0f} s: {reason}. Are all {replicas} nodes up, and is "
+                    "CAIRN_NATS_REPLICAS at most the number of nodes?")
             if reason != told:
                 told = reason
                 log.warning("lease bucket not placeable yet; waiting for the cluster",
-                            extra={"replicas": replicas, "error": reason})
+                            extra={"replicas": replicas, "error": reason,
+                                   "gives_up_in": round(OPEN_WAIT - waited)})
             if stopping is None:
                 await asyncio.sleep(self.retry)
                 continue
@@ -123,9 +141,13 @@ class Lease:
                 pass
         return False
 
-    async def _open_existing(self, js: JetStreamContext) -> None:
+    async def _open_existing(self, js: JetStreamContext, replicas: int) -> None:
         self.kv = await js.key_value(self.bucket)
         info = await js.stream_info(f"KV_{self.bucket}")
+        if (info.config.num_replicas or 1) < replicas:
+            log.warning("the lease bucket has fewer replicas than planned: losing its node "
+                        "loses the lease", extra={"replicas": info.config.num_replicas,
+                                                  "planned": replicas})
         max_age = info.config.max_age
         if max_age and max_age < self.ttl:  # entries die sooner: our deadline too
             log.warning("the lease bucket keeps entries shorter than planned",

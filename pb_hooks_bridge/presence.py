@@ -129,7 +129,9 @@ class Presence:
         every = self.write_every()
         room = max(1, int(ONLINE_BUDGET * FLUSH_EVERY))  # first `online` writes this pass
         deferred = 0
-        for tenant_id, codes in by_tenant.items():
+        # small tenants first: the room for first `online` writes is not used up by the
+        # one tenant whose thousands of agents all came up at once
+        for tenant_id, codes in sorted(by_tenant.items(), key=lambda item: len(item[1])):
             found = await self.ids.resolve_many(tenant_id, codes)
             for code, device_id in found.items():
                 beat = batch[(tenant_id, code)]
@@ -185,13 +187,18 @@ class Presence:
                         self.forget(tenant_id, code, device_id)
 
         results = await asyncio.gather(*(one(*w) for w in writes), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failed = [(w, r) for w, r in zip(writes, results, strict=True)
+                  if isinstance(r, BaseException)]
         if failed:
             metrics.PRESENCE_WRITE_FAILURES.inc(len(failed))
             log.warning("presence writes failed (retried with the next heartbeats)",
-                        extra={"failed": len(failed), "error": str(failed[0])})
-            for device_id, *_ in writes:  # not written: the next beat tries again
+                        extra={"failed": len(failed), "error": str(failed[0][1])})
+            for (device_id, patch, *_), _ in failed:  # the next beat tries again
                 self.written.pop(device_id, None)
+                if patch.get("online") is True:  # still offline in the row: a first beat
+                    self.seen.pop(device_id, None)
+                elif patch.get("online") is False and device_id not in self.seen:
+                    self.seen[device_id] = now - OFFLINE_AFTER  # the next sweep tries again
 
     async def _drain_all(self, device_ids: list[str]) -> None:
         limit = asyncio.Semaphore(DRAINS)

@@ -34,10 +34,16 @@ class CoreSubscriptions:
         self.made_on: NATS | None = None  # the connection `subs` were made on
         self._lock = asyncio.Lock()  # swaps can come in bursts; one diff at a time
 
-    async def sync(self, nc: NATS, wanted: set[str]) -> None:
-        """Subscribe to `wanted` on `nc` and nothing else (all of them again when `nc` is
-        not the connection the current ones were made on)."""
+    async def sync(self, current: Callable[[], NATS | None],
+                   wanted_now: Callable[[], set[str]]) -> None:
+        """Subscribe to what `wanted_now()` lists on `current()` and nothing else (all of
+        them again when that is not the connection the current ones were made on). Both
+        are read under the lock: a sync queued behind another acts on what is current
+        when its turn comes, not on a connection that was replaced (or given up) since."""
         async with self._lock:
+            nc, wanted = current(), wanted_now()
+            if nc is None:
+                return
             if self.made_on is not nc:  # made on a connection that is gone (or none)
                 await self._move(nc, wanted)
                 return

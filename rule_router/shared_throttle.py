@@ -28,14 +28,18 @@ number of routers a rule fires at most once per window per concrete subject.
   round trip (and its actions are not rendered); what it lets through comes back as a
   `Pending` and is confirmed (`admit`) before anything runs: once per window per key and
   router in the steady state.
-- **Budget**: at most KV_RATE decisions a second per tenant and router go to the bucket
-  (bursts of KV_BURST). Each distinct concrete subject is a window of its own, so a device
-  publishing on ever new `agents.<code>.telemetry.<x>` subjects would otherwise turn each
-  message into two KV requests, and fill the bounded bucket until the windows of everyone
-  else in the tenant are evicted. Past the budget a decision is made on the local windows
-  (counted in `cairn_router_throttle_over_budget_total`, logged at most once a minute):
-  at worst one firing per router per window for those keys, and the tenant's publish
-  budget (fanout.py) still bounds what they publish.
+- **Budget**: each distinct concrete subject is a window of its own, so a device
+  publishing on ever new `agents.<code>.telemetry.<x>` subjects would turn each message
+  into two KV requests and fill the bounded bucket with its windows. So new windows ask
+  the bucket within two token buckets per router: SOURCE_RATE a second per source (the
+  subject's first two tokens, `agents.<code>`: one device) and KV_RATE for the whole
+  tenant. Past either, the decision is made on the local windows (counted in
+  `cairn_router_throttle_over_budget_total`, logged at most once a minute): at worst one
+  firing per router per window for those keys, still bounded by the tenant's publish
+  budget (fanout.py). A flooding device thus spends its own budget, not its neighbours',
+  and adds at most SOURCE_RATE entries a second per router to the bucket, which keeps
+  the newest entries when full: a sustained flood from many devices at once can still
+  evict old windows (those then fire once more per router).
 - **KV unavailable** (no connection, a timeout, no bucket, refused): the decision is made
   on the local windows alone (the per-process throttle of before), counted in
   `cairn_router_throttle_fallback_total` and logged at most once a minute per tenant;
@@ -79,8 +83,11 @@ RETRY_AFTER = 5.0  # seconds without KV requests after one failed
 CAS_TRIES = 3  # reads and writes of one key before the other writers win
 PRUNE_EVERY = 1024  # windows remembered between two sweeps of the closed ones
 REPORT_EVERY = 60.0  # seconds between two log lines about an unavailable bucket
-KV_RATE = 200.0  # decisions a second per tenant and router that may ask the bucket
-KV_BURST = 400  # saved up at most
+KV_RATE = 1000.0  # new windows a second per tenant and router that may ask the bucket
+KV_BURST = 2000  # saved up at most
+SOURCE_RATE = 10.0  # the same per source (`agents.<code>`: one device)
+SOURCE_BURST = 20
+MAX_SOURCES = 50_000  # sources with a budget of their own (the oldest is forgotten first)
 WRONG_LAST = (10071, 10164)  # JetStream's "wrong last sequence" error codes
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 TTL_HEADER = "Nats-TTL"
@@ -168,6 +175,7 @@ class SharedThrottle:
         self._js_of: NATS | None = None
         self._reports = Throttle()
         self._budget = PublishBudget(KV_RATE, KV_BURST)
+        self._sources: dict[str, PublishBudget] = {}
 
     def __len__(self) -> int:
         return len(self._known)
@@ -202,12 +210,13 @@ class SharedThrottle:
         it is the one this message opened). Never raises: see the fallback above."""
         if time.monotonic() < self._down_until:
             return self._fallback(key, window, seq)
-        if not self._budget.take():
+        if not (self._source_budget(key).take() and self._budget.take()):
             metrics.THROTTLE_OVER_BUDGET.inc()
             if self._reports.allow("over-budget", REPORT_EVERY):
                 log.warning("shared throttle: more new windows a second than the budget; "
                             "deciding the rest on this router's own windows", extra={
-                                "tenant": self.slug, "rate": KV_RATE, "burst": KV_BURST})
+                                "tenant": self.slug, "rate": KV_RATE,
+                                "per_source": SOURCE_RATE})
             return self._local(key, window, seq)
         try:
             return await self._acquire(key, window, seq)
@@ -244,6 +253,16 @@ class SharedThrottle:
             return True
         _OUTCOME["held"].inc()  # the key keeps changing: others fire
         return False
+
+    def _source_budget(self, key: Hashable) -> PublishBudget:
+        subject = key[1] if isinstance(key, tuple) and len(key) > 1 else ""
+        source = ".".join(str(subject).split(".", 2)[:2])
+        budget = self._sources.get(source)
+        if budget is None:
+            if len(self._sources) >= MAX_SOURCES:
+                del self._sources[next(iter(self._sources))]
+            budget = self._sources[source] = PublishBudget(SOURCE_RATE, SOURCE_BURST)
+        return budget
 
     def _fallback(self, key: Hashable, window: float, seq: Seq) -> bool:
         metrics.THROTTLE_FALLBACK.inc()

@@ -213,8 +213,7 @@ class TenantRouter(Acting):
     async def _resubscribe(self) -> None:
         """Bring the core subscriptions in line with the rule set, on the current
         `self.nc` (all of them again when the connection object was swapped)."""
-        assert self.nc is not None
-        await self.core.sync(self.nc, self.ruleset.core_filters())
+        await self.core.sync(lambda: self.nc, lambda: self.ruleset.core_filters())
 
     @property
     def core_subs(self) -> dict[str, Any]:

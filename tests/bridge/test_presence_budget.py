@@ -65,6 +65,23 @@ async def test_devices_already_online_are_not_held_back_by_the_budget(bridge, ad
     assert {code for _, code in presence.pending} <= {d["code"] for d in devices[10:]}
 
 
+async def test_a_small_tenant_is_not_held_behind_a_big_ones_backlog(bridge, admin,
+                                                                     monkeypatch):
+    """The room goes to the smallest tenants first: a customer whose three machines come
+    up while another's fleet of 24 floods in shows online at the next pass."""
+    monkeypatch.setattr(presence_mod, "ONLINE_BUDGET", 2.5)  # 5 per pass
+    big, fleet = await _fleet(admin)
+    small = await new_tenant(admin)
+    few = list(await asyncio.gather(*(new_device(admin, small) for _ in range(3))))
+    presence = Presence(bridge.bridge.pb, bridge.bridge.commands)
+    _beat(presence, big, fleet)
+    _beat(presence, small, few)
+    await presence.flush()
+    assert await _online(admin, small) == 3
+    assert await _online(admin, big) == 2
+    assert len(presence.pending) == DEVICES - 2
+
+
 async def test_a_budget_that_fits_writes_everything_in_one_pass(bridge, admin, monkeypatch):
     """The control: with room for the whole fleet, one pass writes every device."""
     monkeypatch.setattr(presence_mod, "ONLINE_BUDGET", 100.0)

@@ -114,3 +114,16 @@ async def test_lease_open_gives_up_when_the_bridge_stops(forming, caplog):
     stopping.set()
     assert await asyncio.wait_for(opening, 5) is False
     assert lease.kv is None
+
+
+async def test_a_cluster_that_never_forms_is_a_clear_error(forming, monkeypatch):
+    """What waiting cannot mend (here: the third node never comes) ends in an error that
+    names the replicas and the setting, not in a bridge that looks like a standby."""
+    from pb_hooks_bridge import leader
+    from pb_hooks_bridge.errors import BridgeError
+
+    monkeypatch.setattr(leader, "OPEN_WAIT", 1.0)
+    lease = Lease(retry=0.2)
+    with pytest.raises(BridgeError, match="3 replicas.*CAIRN_NATS_REPLICAS"):
+        await asyncio.wait_for(lease.open(forming.nc, 3, asyncio.Event()), 20)
+    assert lease.kv is None

@@ -333,6 +333,7 @@ async def test_ever_new_subjects_ask_the_bucket_only_within_the_budget(
     it. Control: with room in the budget every window is in the bucket."""
     monkeypatch.setattr(shared_throttle, "KV_RATE", 0.001)  # no refill during the test
     monkeypatch.setattr(shared_throttle, "KV_BURST", burst)
+    monkeypatch.setattr(shared_throttle, "SOURCE_BURST", 1000)  # the tenant's budget alone
     _, nc = await _router_nc(admin, nats_env, router_identity)
     try:
         shared = SharedThrottle("t", router_identity.name, lambda: nc)
@@ -344,5 +345,26 @@ async def test_ever_new_subjects_ask_the_bucket_only_within_the_budget(
         assert sample(metrics.THROTTLE_OVER_BUDGET) - over == (50 - asked
                                                                 if burst < 50 else 0)
         assert await _in_bucket(nc, router_identity.name, keys) == asked
+    finally:
+        await nc.close()
+
+
+async def test_one_devices_flood_spends_its_own_budget_not_its_neighbours(
+        bridge, router_identity, admin, nats_env, monkeypatch):
+    """Device d1 opens 25 windows on ever new subjects: 5 reach the bucket (its own
+    budget), the rest are decided here. Device d2, in the same tenant right after, still
+    gets every one of its windows into the bucket (the control that the budget is per
+    device, not the tenant's used up by d1)."""
+    monkeypatch.setattr(shared_throttle, "SOURCE_RATE", 0.001)
+    monkeypatch.setattr(shared_throttle, "SOURCE_BURST", 5)
+    _, nc = await _router_nc(admin, nats_env, router_identity)
+    try:
+        shared = SharedThrottle("t", router_identity.name, lambda: nc)
+        flood = [("rules/x#0", f"agents.d1.telemetry.{uid('s')}") for _ in range(25)]
+        calm = [("rules/x#0", f"agents.d2.telemetry.{uid('s')}") for _ in range(3)]
+        assert all([await shared.acquire(k, 60, seq=n) for n, k in enumerate(flood)])
+        assert all([await shared.acquire(k, 60, seq=50 + n) for n, k in enumerate(calm)])
+        assert await _in_bucket(nc, router_identity.name, flood) == 5
+        assert await _in_bucket(nc, router_identity.name, calm) == 3
     finally:
         await nc.close()
