@@ -124,6 +124,6 @@ async def test_a_cluster_that_never_forms_is_a_clear_error(forming, monkeypatch)
 
     monkeypatch.setattr(leader, "OPEN_WAIT", 1.0)
     lease = Lease(retry=0.2)
-    with pytest.raises(BridgeError, match="3 replicas.*CAIRN_NATS_REPLICAS"):
+    with pytest.raises(BridgeError, match=r"3 replicas.*CAIRN_NATS_REPLICAS"):
         await asyncio.wait_for(lease.open(forming.nc, 3, asyncio.Event()), 20)
     assert lease.kv is None
