@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -64,8 +65,17 @@ RETRY = 1.0  # seconds between a standby's attempts
 MARGIN = 1.5  # seconds before the lease's end after which the leader stops pushing
 NAME_IN_USE = 10058  # JetStream: stream name already in use with a different configuration
 NO_PEERS = 10005  # JetStream: no suitable peers for placement (nodes not up yet)
+NOT_CLUSTERED = 10074  # JetStream: replicas > 1 not supported in non-clustered mode
 CLUSTER_NOT_READY = 10008  # JetStream: "JetStream system temporarily unavailable"
 OPEN_WAIT = 120.0  # seconds the lease bucket may wait for a cluster still forming
+
+
+def _refused(exc: APIError) -> BridgeError:
+    """JetStream refused the lease bucket for a reason waiting does not mend."""
+    hint = (" Set CAIRN_NATS_REPLICAS=1 for a single server."
+            if exc.err_code == NOT_CLUSTERED else "")
+    return BridgeError(f"cannot make the leader lease bucket: {exc.description} "
+                       f"(JetStream error {exc.err_code}).{hint}")
 
 
 class LeaseLost(Exception):
@@ -110,16 +120,16 @@ class Lease:
                     await self._open_existing(js, replicas)
                     return True
                 if exc.err_code != NO_PEERS:
-                    raise BridgeError(f"cannot make the leader lease bucket: {exc.description}"
-                                      f" (JetStream error {exc.err_code})") from exc
+                    raise _refused(exc) from exc
                 reason = str(exc.description)
             except ServiceUnavailableError as exc:
                 if exc.err_code not in (None, CLUSTER_NOT_READY):
-                    raise BridgeError(f"cannot make the leader lease bucket: {exc.description}"
-                                      f" (JetStream error {exc.err_code})") from exc
-                reason = str(exc.description or exc)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                    TimeoutError) as exc:
+                    raise _refused(exc) from exc
+                # nats-py's answer to "no responders": no JetStream answered (yet)
+                reason = exc.description or "no JetStream answered (is it enabled?)"
+            except APIError as exc:  # e.g. a 500: replicas > 1 on a lone server
+                raise _refused(exc) from exc
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             waited = time.monotonic() - since
             if waited >= OPEN_WAIT:

@@ -251,3 +251,30 @@ async def test_a_copy_whose_file_times_differ_still_pushes_the_same_account(brid
         assert natsjwt.decode(held.data.decode())["nats"] == claims["nats"]
     finally:
         await nc.close()
+
+
+async def test_more_lease_replicas_than_a_lone_server_has_is_a_clear_error(bridge, nats_env):
+    """CAIRN_NATS_REPLICAS=3 against one nats-server: the bridge says what to set, no
+    traceback and no endless wait (pb_hooks_bridge/leader.py `Lease.open`). The running
+    bridge has pushed the control account the lease lives in."""
+    import asyncio
+
+    import pytest
+
+    from pb_hooks_bridge import control_account
+    from pb_hooks_bridge.bootstrap import load_operator
+    from pb_hooks_bridge.errors import BridgeError
+    from pb_hooks_bridge.leader import Lease
+    from tests.live import connect
+
+    control = control_account.load(nats_env.layout, load_operator(nats_env.layout))
+    nc = await connect(nats_env.url, control.user_jwt, control.user_seed)
+    try:
+        with pytest.raises(BridgeError, match="CAIRN_NATS_REPLICAS=1"):
+            await asyncio.wait_for(Lease(bucket="cairn_lease_r3_probe").open(
+                nc, 3, asyncio.Event()), 20)
+        assert await asyncio.wait_for(Lease(bucket="cairn_lease_r1_probe").open(
+            nc, 1, asyncio.Event()), 20)  # control: one replica opens
+        await nc.jetstream().delete_stream("KV_cairn_lease_r1_probe")
+    finally:
+        await nc.close()

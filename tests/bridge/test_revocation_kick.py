@@ -70,8 +70,11 @@ async def crowded_after_restart(bridge, admin, nats_env):
     """The same, made after nats-server restarted under the running bridge: the kicker's
     SYS links (one per server) must have come back by themselves."""
     kicker = bridge.bridge.pusher.kicker
-    before = {sid for _, _, sid in kicker._connected()}
-    assert len(before) == len(kicker._links)  # every link up, each on a server
+
+    async def all_up() -> set[str]:
+        now = kicker._connected()
+        return {sid for _, _, sid in now} if len(now) == len(kicker._links) else set()
+    before = await eventually(all_up, 20, "every kicker link up, each on a server")
     nats_env.restart()  # the server comes back with a new id
 
     async def links_up() -> bool:
