@@ -49,6 +49,7 @@ from bench.fleet_measure import (
     broadcast_ping,
     command_check,
     cpu_percent,
+    cpu_seconds,
     rss_mb,
     single_latency,
     wildcard_ping,
@@ -163,7 +164,14 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
             codes = [e.code for e in enrolled]
             summary["commands_check"] = await command_check(nc, codes[-1])
             summary["single_ping"] = await single_latency(nc, codes[0])
+            everyone = {**target.pids, "bench": os.getpid(),
+                        **{f"simulator-{i}": pid for i, pid in enumerate(sims.pids)}}
+            before = {name: cpu_seconds(pid) for name, pid in everyone.items()}
             summary["broadcast_ping"] = await broadcast_ping(nc, service_inbox(svc_name), codes)
+            # where the broadcast's time went: CPU seconds each process spent during it
+            summary["broadcast_ping"]["cpu_s"] = {
+                name: round(after - before[name], 2) for name, pid in everyone.items()
+                if (after := cpu_seconds(pid)) is not None and before[name] is not None}
             single_s = summary["single_ping"]["median_ms"] / 1000
             every = summary["broadcast_ping"]["all_answered_s"]
             summary["broadcast_ping"]["vs_single_request"] = (

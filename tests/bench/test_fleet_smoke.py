@@ -25,6 +25,7 @@ async def test_fleet_of_twenty_runs_every_phase():
                                          "inventory": "success"}
     ping = summary["broadcast_ping"]
     assert ping["replies"] == 20 and ping["errors"] == 0 and ping["all_answered_s"] is not None
+    assert set(ping["cpu_s"]) >= {"bench", "simulator-0", "nats"}, ping["cpu_s"]
     steady = summary["steady"]
     assert steady["heartbeats_per_s"] > 5 and steady["telemetry_failed"] == 0
     assert set(steady["cpu_pct"]) >= {"bridge", "pocketbase", "simulator-0"}
