@@ -119,6 +119,12 @@ class Soak:
         await _until(lambda: self.pb.first("rules", 'name = "every-system-doc" && '
                                                     'status = "valid"'), 20, "rule valid")
         await _until(self._ping, 60, "the demo agent answers")
+        # the run judges that the device never shows offline once it is up: an answered
+        # ping comes before presence's first pass has written `online`
+        await _until(self._online, 30, "the demo device online")
+
+    async def _online(self) -> bool:
+        return bool((await self.pb.get("devices", self.device["id"])).get("online"))
 
     async def stop(self) -> None:
         if self.pb is not None:
