@@ -151,6 +151,11 @@ def not_a_request(reply: str | None, headers: Mapping[Any, str] | None) -> str |
     why = server_reply(reply)
     if why:
         return why
+    if not reply.startswith("_INBOX"):
+        # every requester Cairn issues replies under its own _INBOX_* prefix (nats' default
+        # is _INBOX.): a reply aimed elsewhere would make this device publish where it may
+        # not, e.g. a person's request steering a pong into another device's heartbeat
+        return f"reply subject {reply[:80]!r} is not an inbox"
     header = server_header(headers)
     return f"carries the server's {header} header" if header else None
 

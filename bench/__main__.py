@@ -18,6 +18,7 @@ from bench import (
     fleet,
     fleet_chaos,
     guards_bench,
+    people_bench,
     revocation_walk,
     router_bench,
     soak,
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "guards": lambda: guards_bench.report(guards_bench.run()),
     "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
     "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
+    "people": lambda: people_bench.report(asyncio.run(people_bench.run())),
     # not in the default run: 10,000 connections (~3 minutes)
     "revocation-walk": lambda: revocation_walk.report(asyncio.run(revocation_walk.run())),
     # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)

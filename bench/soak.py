@@ -94,8 +94,8 @@ class Soak:
         self.step = step
         self.env = {**os.environ, "CAIRN_DATA_DIR": str(self.data_dir), "CAIRN_DEMO": "1",
                     "CAIRN_USER_JWT_TTL": str(ttl)}
-        for name in ("NATS_PORT", "NATS_MONITOR_PORT", "PB_PORT", "BRIDGE_METRICS_PORT",
-                     "ROUTER_METRICS_PORT"):
+        for name in ("NATS_PORT", "NATS_MONITOR_PORT", "NATS_WS_PORT", "PB_PORT",
+                     "BRIDGE_METRICS_PORT", "ROUTER_METRICS_PORT"):
             self.env[f"CAIRN_{name}"] = str(free_port())
         self.nats_url = f"nats://127.0.0.1:{self.env['CAIRN_NATS_PORT']}"
         self.pb_url = f"http://127.0.0.1:{self.env['CAIRN_PB_PORT']}"

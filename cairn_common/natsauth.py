@@ -42,3 +42,9 @@ def device_inbox(code: str) -> str:
 def service_inbox(name: str) -> str:
     """Inbox prefix of a service user or sidecar (`nats_users.name`)."""
     return f"_INBOX_svc_{name}"
+
+
+def person_inbox(user_id: str) -> str:
+    """Inbox prefix of a person (a PocketBase user id, [a-z0-9]): the same in every tenant
+    and for every login of theirs, never another person's or a device's."""
+    return f"_INBOX_person_{user_id}"

@@ -93,6 +93,14 @@ class PocketBase:
         self.token = body["token"]
         return body["record"]
 
+    async def auth_refresh(self, collection: str, token: str) -> dict[str, Any]:
+        """Sign in with an existing auth token (PocketBase answers with a fresh one)."""
+        self.token = token
+        body = await self._send("POST", f"/api/collections/{collection}/auth-refresh",
+                                retry_auth=False)
+        self.token = body["token"]
+        return body["record"]
+
     # -- records ----------------------------------------------------------------------
 
     async def list(

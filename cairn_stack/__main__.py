@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Start nats-server, PocketBase and the Cairn sidecars on loopback, with "
         "state under $CAIRN_DATA_DIR (default ./data). Stop with Ctrl-C.",
         epilog="Settings (environment): CAIRN_DATA_DIR, CAIRN_NATS_PORT (4222), "
-        "CAIRN_NATS_MONITOR_PORT (8222), CAIRN_PB_PORT (8090), CAIRN_ADMIN_EMAIL, "
+        "CAIRN_NATS_MONITOR_PORT (8222), CAIRN_NATS_WS_PORT (9222), CAIRN_PB_PORT (8090), "
+        "CAIRN_ADMIN_EMAIL, "
         "CAIRN_ADMIN_PASSWORD, CAIRN_DEMO (1), CAIRN_NATS_NODES (1; 3 runs a local "
         "cluster, node i on each NATS port + i-1), CAIRN_NATS_CLUSTER_PORT (6222).",
     )

@@ -89,11 +89,12 @@ class Stack:
         s = self.settings
         if s.nats_nodes == 1:
             say(f"[2/5] nats-server on {s.nats_url} (monitoring "
-                f"http://127.0.0.1:{s.nats_monitor_port})")
-            self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port))
+                f"http://127.0.0.1:{s.nats_monitor_port}, WebSocket {s.nats_ws_urls[0]})")
+            self.children.append(start_nats(self.layout, s.nats_port, s.nats_monitor_port,
+                                            ws_port=s.nats_ws_port))
             return
         nodes = plan_nodes(self.layout, s.nats_nodes, s.nats_port, s.nats_monitor_port,
-                           s.nats_cluster_port)
+                           s.nats_cluster_port, s.nats_ws_port)
         say(f"[2/5] nats-server cluster of {len(nodes)} nodes (streams R{s.nats_replicas}):")
         for node in nodes:
             say(f"      {node.name}: {node.url} (monitoring {node.monitor_url}, "

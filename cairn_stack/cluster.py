@@ -36,6 +36,7 @@ class NatsNode:
     monitor_port: int
     cluster_port: int
     directory: Path
+    ws_port: int = -1  # NATS over WebSocket (the dashboard); -1: any free port
 
     @property
     def url(self) -> str:
@@ -56,9 +57,10 @@ def cluster_conf(layout: DataLayout) -> Path:
 
 
 def plan_nodes(layout: DataLayout, count: int, port: int, monitor_port: int,
-               cluster_port: int) -> list[NatsNode]:
+               cluster_port: int, ws_port: int = -1) -> list[NatsNode]:
     return [NatsNode(f"n{i + 1}", port + i, monitor_port + i, cluster_port + i,
-                     layout.nats_dir / "nodes" / f"n{i + 1}") for i in range(count)]
+                     layout.nats_dir / "nodes" / f"n{i + 1}",
+                     ws_port + i if ws_port > 0 else -1) for i in range(count)]
 
 
 def node_process(layout: DataLayout, node: NatsNode, nodes: list[NatsNode]) -> ManagedProcess:
@@ -69,7 +71,7 @@ def node_process(layout: DataLayout, node: NatsNode, nodes: list[NatsNode]) -> M
     link_config(layout.nats_conf, REPO_NATS_CONF)  # the cluster conf includes it
     conf = link_config(cluster_conf(layout), REPO_CLUSTER_CONF)
     env = server_env(node.port, node.monitor_port, node.directory / "store",
-                     node.directory / "resolver")
+                     node.directory / "resolver", node.ws_port)
     if not os.environ.get("CAIRN_NATS_MAX_FILE_STORE"):
         env["CAIRN_NATS_MAX_FILE_STORE"] = CLUSTER_MAX_FILE_STORE
     if not os.environ.get("CAIRN_NATS_MAX_MEMORY_STORE"):

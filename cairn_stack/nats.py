@@ -17,7 +17,8 @@ DEFAULT_MAX_FILE_STORE = "256GB"
 DEFAULT_MAX_MEMORY_STORE = "4GB"
 
 
-def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedProcess:
+def nats_process(layout: DataLayout, port: int, monitor_port: int,
+                 ws_port: int = -1) -> ManagedProcess:
     """A nats-server for this data dir. Bootstrap must have written the include file first.
     Its JetStream store and resolver are 0700 (the process runs with umask 077)."""
     for directory in (layout.nats_dir, layout.nats_store_dir, layout.nats_resolver_dir):
@@ -27,16 +28,19 @@ def nats_process(layout: DataLayout, port: int, monitor_port: int) -> ManagedPro
         name="nats-server",
         argv=[binary("nats-server"), "-c", str(link)],
         log_path=layout.logs_dir / "nats-server.log",
-        env=server_env(port, monitor_port, layout.nats_store_dir, layout.nats_resolver_dir),
+        env=server_env(port, monitor_port, layout.nats_store_dir, layout.nats_resolver_dir,
+                       ws_port),
     )
 
 
 def server_env(port: int, monitor_port: int, store_dir: Path, resolver_dir: Path,
-               ) -> dict[str, str]:
-    """The $CAIRN_NATS_* variables nats-server.conf reads."""
+               ws_port: int = -1) -> dict[str, str]:
+    """The $CAIRN_NATS_* variables nats-server.conf reads (a ws_port of -1: any free one,
+    as tests use it; read it back from /varz)."""
     return {
         "CAIRN_NATS_PORT": str(port),
         "CAIRN_NATS_MONITOR_PORT": str(monitor_port),
+        "CAIRN_NATS_WS_PORT": str(ws_port),
         "CAIRN_NATS_STORE_DIR": str(store_dir),
         "CAIRN_NATS_RESOLVER_DIR": str(resolver_dir),
         # every tenant's JetStream quota is reserved against these (limits.py)
@@ -58,9 +62,9 @@ def link_config(link: Path, target: Path) -> Path:
 
 
 def start_nats(
-    layout: DataLayout, port: int, monitor_port: int, timeout: float = 20
+    layout: DataLayout, port: int, monitor_port: int, timeout: float = 20, ws_port: int = -1
 ) -> ManagedProcess:
-    proc = nats_process(layout, port, monitor_port)
+    proc = nats_process(layout, port, monitor_port, ws_port)
     proc.start()
     ready_or_stop(proc, timeout, monitor_port)
     return proc

@@ -31,6 +31,12 @@ class StackSettings:
     # nats_port + i - 1, nats_monitor_port + i - 1 and nats_cluster_port + i - 1
     nats_nodes: int = 1
     nats_cluster_port: int = 6222
+    nats_ws_port: int = 9222  # NATS over WebSocket for the dashboard (node i: + i - 1)
+
+    @property
+    def nats_ws_urls(self) -> tuple[str, ...]:
+        """Every node's WebSocket URL (what the dashboard connects to)."""
+        return tuple(f"ws://127.0.0.1:{self.nats_ws_port + i}" for i in range(self.nats_nodes))
 
     @property
     def nats_url(self) -> str:
@@ -58,7 +64,8 @@ class StackSettings:
         for i in range(self.nats_nodes):
             suffix = "" if i == 0 else f"+{i}"
             ports += [(f"CAIRN_NATS_PORT{suffix}", self.nats_port + i),
-                      (f"CAIRN_NATS_MONITOR_PORT{suffix}", self.nats_monitor_port + i)]
+                      (f"CAIRN_NATS_MONITOR_PORT{suffix}", self.nats_monitor_port + i),
+                      (f"CAIRN_NATS_WS_PORT{suffix}", self.nats_ws_port + i)]
             if self.nats_nodes > 1:
                 ports.append((f"CAIRN_NATS_CLUSTER_PORT{suffix}", self.nats_cluster_port + i))
         return ports
@@ -108,13 +115,15 @@ def load(env: Mapping[str, str] | None = None) -> StackSettings:
         demo=demo_raw in {"1", "true", "yes", ""},
         nats_nodes=int(nodes_raw),
         nats_cluster_port=_port(env, "CAIRN_NATS_CLUSTER_PORT", 6222),
+        nats_ws_port=_port(env, "CAIRN_NATS_WS_PORT", 9222),
     )
     named = [*settings.nats_ports(), ("CAIRN_PB_PORT", settings.pb_port),
              ("CAIRN_BRIDGE_METRICS_PORT", settings.bridge_metrics_port),
              ("CAIRN_ROUTER_METRICS_PORT", settings.router_metrics_port)]
     ports = [port for _, port in named]
     if len(set(ports)) != len(ports) or max(ports) > 65535:
-        raise SettingsError("CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT, CAIRN_PB_PORT, "
+        raise SettingsError("CAIRN_NATS_PORT, CAIRN_NATS_MONITOR_PORT, CAIRN_NATS_WS_PORT, "
+                            "CAIRN_PB_PORT, "
                             "CAIRN_BRIDGE_METRICS_PORT and CAIRN_ROUTER_METRICS_PORT must "
                             "differ (and with CAIRN_NATS_NODES=N, each NATS port is followed "
                             f"by N-1 more), got {', '.join(f'{n}={p}' for n, p in named)}")

@@ -40,6 +40,7 @@ from pb_hooks_bridge.kicker import Kicker
 from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
 from pb_hooks_bridge.leader import RECONCILE, Leadership
 from pb_hooks_bridge.links import TenantLinks
+from pb_hooks_bridge.people import People
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.pusher import Pusher
 from pb_hooks_bridge.reconcile import Reconciler, Summary
@@ -121,7 +122,8 @@ class Bridge:
         self.links.on_connect.append(self.device_requests.watch)
         self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
                                   self.lanes, self.commands, self.presence,
-                                  self.device_requests)
+                                  self.device_requests,
+                                  People(self.pb, self.identities, cfg.person_jwt_ttl))
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
                                      cfg.user_jwt_ttl)

@@ -24,6 +24,7 @@ class BridgeConfig:
     admin_email: str
     admin_password: str
     user_jwt_ttl: int = 7 * DAY
+    person_jwt_ttl: int = 12 * 3600  # a person's JWT: one working day, then log in again
     telemetry_max_age: int = 7 * DAY
     metrics_port: int = 0  # 0 = no /metrics endpoint
     push_window: float = 0.002  # seconds to coalesce account changes before a push
@@ -42,6 +43,9 @@ class BridgeConfig:
         if self.user_jwt_ttl < MIN_USER_JWT_TTL:
             raise BridgeError(f"CAIRN_USER_JWT_TTL must be at least {MIN_USER_JWT_TTL} seconds "
                               f"(got {self.user_jwt_ttl})")
+        if self.person_jwt_ttl < MIN_USER_JWT_TTL:
+            raise BridgeError(f"CAIRN_PERSON_JWT_TTL must be at least {MIN_USER_JWT_TTL} "
+                              f"seconds (got {self.person_jwt_ttl})")
 
     @property
     def nats_urls(self) -> tuple[str, ...]:
@@ -69,6 +73,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: object) -> BridgeCon
         "admin_email": email, "admin_password": password,
     }
     for name, key in (("user_jwt_ttl", "CAIRN_USER_JWT_TTL"),
+                      ("person_jwt_ttl", "CAIRN_PERSON_JWT_TTL"),
                       ("telemetry_max_age", "CAIRN_TELEMETRY_MAX_AGE"),
                       ("metrics_port", "CAIRN_BRIDGE_METRICS_PORT"),
                       ("nats_replicas", "CAIRN_NATS_REPLICAS")):

@@ -30,6 +30,7 @@ from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.identities import Identities
 from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.people import People
 from pb_hooks_bridge.permissions import RoleError, validate_role
 from pb_hooks_bridge.presence import Presence
 from pb_hooks_bridge.roles import RoleBook
@@ -38,7 +39,7 @@ from pb_hooks_bridge.tenants import Tenants
 log = logging.getLogger(__name__)
 
 TOPICS = ["tenants/*", "devices/*", "nats_users/*", "nats_roles/*", "commands/*",
-          "sidecars/*"]
+          "sidecars/*", "person_keys/*", "memberships/*", "users/*"]
 
 
 # Re-read under their lane whatever the freshness map says: service users (each run may sign
@@ -52,7 +53,8 @@ class EventRouter:
     def __init__(self, pb: PocketBase, tenants: Tenants, identities: Identities,
                  roles: RoleBook, lanes: Lanes, commands: CommandDispatcher,
                  presence: Presence | None = None,
-                 device_requests: DeviceRequests | None = None) -> None:
+                 device_requests: DeviceRequests | None = None,
+                 people: People | None = None) -> None:
         self.pb = pb
         self.changes = DeviceChanges()
         self.device_requests = device_requests
@@ -63,6 +65,8 @@ class EventRouter:
         self.roles = roles
         self.lanes = lanes
         self.presence = presence
+        self.people = people or People(pb, identities, 12 * 3600)
+        self.people.requeue = self.requeue_person
         tenants.on_reactivated = self.requeue_devices
 
     def submit(self, event: RealtimeEvent) -> None:
@@ -76,6 +80,12 @@ class EventRouter:
                                      record.get("tenant", ""))
             return
         deleted = event.action == "delete"
+        if event.collection == "memberships":  # caches only; the rows they touch re-queue
+            self.people.membership_changed(record, deleted)
+            return
+        if event.collection == "users":
+            self.people.user_changed(record, deleted)
+            return
         self.fresh.saw(event.collection, record, deleted=deleted)  # at arrival: newest known
         if not deleted:  # delivered by the stream: the catch-up watermark may move
             self.fresh.advance(event.collection, record.get("updated", ""))
@@ -115,6 +125,8 @@ class EventRouter:
             return await self.device(record, deleted)
         if collection == "nats_users":
             return await self.service_user(record, deleted)
+        if collection == "person_keys":
+            return await self.person(record, deleted)
         if collection == "nats_roles":
             await self.role(record, deleted)
         elif collection == "sidecars":
@@ -178,8 +190,29 @@ class EventRouter:
             self.tenants.remember_creds(account.tenant_id, record)
         return outcome
 
+    async def person(self, record: dict[str, Any], deleted: bool) -> str:
+        account = await self.tenants.account_for(record.get("tenant", ""))
+        if account is None:
+            return "unchanged"  # its tenant is gone, and with it every key of the account
+        return await self.people.sync(account, record, deleted=deleted)
+
+    def requeue_person(self, row: dict[str, Any]) -> None:
+        """A membership or user changed: the row as last seen, in its lane (not re-read:
+        PocketBase may have cascade-deleted it already, and its key must still go)."""
+        async def step() -> str:
+            current = self.people.book.keys.get(row["id"])
+            if current is None:
+                return "gone"  # its delete event came first and revoked it
+            return await self.person(current, False)
+
+        self.lanes.submit(f"person_keys:{row['id']}", step)
+
     def requeue_devices(self, account: Account) -> None:
-        """A tenant active again: every device through its own lane (JWTs were cleared)."""
+        """A tenant active again: every device through its own lane (JWTs were cleared),
+        and its people's keys (revoked with the account: their rows are marked so)."""
+        for row in self.people.book.rows_where("tenant", account.tenant_id):
+            self.requeue_person(row)
+
         async def requeue() -> None:
             rows = await self.pb.list("devices", filter=f'tenant = "{account.tenant_id}"')
             for row in rows:

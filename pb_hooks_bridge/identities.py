@@ -94,14 +94,16 @@ class Identities:
         return True
 
     async def sign(self, account: Account, public_key: str, name: str, perms: Permissions,
-                   ttl: int | None, role: str = "") -> tuple[str, int | None]:
-        """A user JWT whose iat is after any revocation of this key (revoked means iat <= ts)."""
+                   ttl: int | None, role: str = "",
+                   expires_at: int | None = None) -> tuple[str, int | None]:
+        """A user JWT whose iat is after any revocation of this key (revoked means iat <= ts);
+        it expires `ttl` after its iat, or at `expires_at` when given."""
         revoked_at = account.revocations.get(public_key, 0)
         wait = revoked_at + 1 - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
         iat = int(time.time())
-        expires = iat + ttl if ttl else None
+        expires = expires_at or (iat + ttl if ttl else None)
         claims = natsjwt.user_claims(
             public_key, name, issuer_account=account.public_key,
             pub_allow=perms.pub_allow, pub_deny=perms.pub_deny,

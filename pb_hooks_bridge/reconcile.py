@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 REPAIRS = {"issued", "revoked", "pushed", "deleted", "orphan"}
 CATCH_UP_MARGIN = 60.0  # seconds listed before the newest version seen, for clock skew
 PRUNE_MARGIN = 60.0  # freshness entries older than a full pass's start by this go
-KINDS = {"tenants": "tenant", "devices": "device", "nats_users": "service"}
+KINDS = {"tenants": "tenant", "devices": "device", "nats_users": "service",
+         "person_keys": "person"}
+EXPIRED_LOGINS_KEPT = 3600  # seconds an expired or revoked login's row stays, for its owner
 
 
 @dataclass
@@ -106,8 +108,11 @@ class Reconciler:
             await self._orphan_accounts(summary)
             await self.rows("devices", await self.pb.list("devices"), summary)
             await self.rows("nats_users", await self.pb.list("nats_users"), summary)
+            await self._people_caches()
+            await self.rows("person_keys", await self.pb.list("person_keys"), summary)
             await self._ledger(summary)
             await self._prune(summary)
+            await self._old_logins(summary)
             self.full_listed_at = began
             self.fresh.prune(before=began_mono - PRUNE_MARGIN)
             return self._done(summary, started)
@@ -140,7 +145,8 @@ class Reconciler:
             await self._load_sidecars()
             self._forget_gone({t["id"] for t in await self.pb.list("tenants", fields="id")})
             listed: dict[str, str] = {}  # collection -> newest `updated` applied in full
-            for collection in ("tenants", "devices", "nats_users"):
+            await self._people_caches()
+            for collection in ("tenants", "devices", "nats_users", "person_keys"):
                 since = self.fresh.watermark(collection, self.full_listed_at, margin)
                 rows = await self.pb.list(collection, filter=f'updated >= "{since}"')
                 if not await self.rows(collection, rows, summary):
@@ -207,6 +213,30 @@ class Reconciler:
                     await self.pb.update("nats_roles", row["id"], {"error": str(exc)})
         self.roles.load(good, listed_at)
 
+    async def _people_caches(self) -> None:
+        """Memberships and disabled users, for the person_keys steps that follow."""
+        listed_at = time.monotonic()
+        memberships = await self.pb.list("memberships", fields="id,user,tenant,role,updated")
+        disabled = await self.pb.list("users", filter="disabled = true", fields="id")
+        self.router.people.load(memberships, [u["id"] for u in disabled], listed_at)
+
+    async def _old_logins(self, summary: Summary) -> None:
+        """Rows of logins that expired or were revoked a while ago go (nothing to revoke:
+        their keys are expired or revoked already)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S",
+                              time.gmtime(time.time() - EXPIRED_LOGINS_KEPT))
+        rows = await self.pb.list(
+            "person_keys", fields="id",
+            filter=f'(jwt_expires != "" && jwt_expires < "{stamp}") || '
+                   f'(error ~ "revoked:" && updated < "{stamp}")')
+        for row in rows:
+            try:
+                await self.pb.delete("person_keys", row["id"])
+                summary.add("person", "deleted")
+            except Exception as exc:  # the next pass tries again
+                log.warning("could not delete an old login", extra={"id": row["id"],
+                                                                    "error": str(exc)})
+
     async def _orphan_accounts(self, summary: Summary) -> None:
         """Accounts on the server whose tenant was deleted while the bridge was away."""
         known = {a.public_key for a in self.accounts.by_tenant.values()}
@@ -240,9 +270,16 @@ class Reconciler:
                  if d.get("status") != "disabled" and d.get("nats_public_key")}
         legit |= {(u["tenant"], u["public_key"]) for u in users
                   if u.get("active") and u.get("public_key")}
+        people = await self.pb.list("person_keys", fields="tenant,public_key,jwt,error")
+        legit |= {(p["tenant"], p["public_key"]) for p in people
+                  if self.router.people.is_legit(p)}
+        now = time.time()
         for entry in issued:
             details = entry.get("details") or {}
             key = details.get("public_key", "") if isinstance(details, dict) else ""
+            expires = details.get("expires") if isinstance(details, dict) else None
+            if isinstance(expires, int | float) and expires < now:
+                continue  # expired anyway: a revocation would only grow the account JWT
             account = self.accounts.get(entry.get("tenant", ""))
             if not key or account is None or (account.tenant_id, key) in legit:
                 continue

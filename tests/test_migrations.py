@@ -48,11 +48,15 @@ COLLECTION_IDS = {
     "rules": "cairn_rules0000",
     "audit_log": "cairn_auditlog0",
     "sidecars": "cairn_sidecars0",
+    "person_keys": "cairn_personkey",
 }
 
 AUTODATES = {"created": "autodate", "updated": "autodate"}
 EXPECTED_FIELDS: dict[str, dict[str, str]] = {
-    "users": {"name": "text", "email": "email", **AUTODATES},
+    "users": {"name": "text", "email": "email", "disabled": "bool", **AUTODATES},
+    "person_keys": {"user": "relation", "membership": "relation", "tenant": "relation",
+                    "public_key": "text", "label": "text", "jwt": "text",
+                    "jwt_expires": "date", "role": "text", "error": "text", **AUTODATES},
     "tenants": {
         "name": "text", "slug": "text", "active": "bool", "limits": "json",
         "nats_account_public_key": "text", "error": "text", **AUTODATES,
@@ -185,7 +189,8 @@ def layout(tmp_path: Path) -> DataLayout:
 def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
                           "1764000002_command_dispatch.js", "1764000003_security.js",
-                          "1764000004_device_secret_cost.js", "1764000005_router_throttle.js"]
+                          "1764000004_device_secret_cost.js", "1764000005_router_throttle.js",
+                          "1764000006_people.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -287,6 +292,11 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-4: people's keys and users.disabled go
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[6]}" in out
+    assert "person_keys" not in collection_names(layout)
+    ours.discard("person_keys")
     # down #-3: the router role loses the throttle bucket's subjects
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[5]}" in out

@@ -105,9 +105,12 @@ def _status_404() -> dict:
         (INBOX, {"Nats-Last-Sequence": "7"}, "Nats-Last-Sequence"),
         (INBOX, {"nats-time-stamp": "x"}, "nats-time-stamp"),
         ("__status__", None, "Status"),
+        ("agents.other.heartbeat", None, "not an inbox"),
+        ("alerts.forged", None, "not an inbox"),
     ],
     ids=["empty-reply", "none-reply", "js-ack", "sys", "kv", "direct-get-no-reply",
-         "direct-get-headers", "last-sequence", "lower-case", "status-404"],
+         "direct-get-headers", "last-sequence", "lower-case", "status-404",
+         "steered-to-a-heartbeat", "steered-to-alerts"],
 )
 def test_server_made_messages_are_not_requests(reply, headers, reason):
     if reply == "__status__":
@@ -121,6 +124,8 @@ def test_a_requesters_request_is_a_request(headers):
     """Control: an inbox reply with no server header is what every caller sends."""
     assert not_a_request(INBOX, headers) is None
     assert not_a_request("_INBOX_d-web1.x.y", headers) is None
+    assert not_a_request("_INBOX_person_abc123.x.y", headers) is None
+    assert not_a_request("_INBOX.abc.1", headers) is None
 
 
 async def test_dropped_messages_are_counted_not_run_and_logged_once_a_minute(caplog):

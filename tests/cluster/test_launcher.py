@@ -37,7 +37,8 @@ def free_run(count: int, start: int = 20000) -> int:
 def cluster_env(data_dir, **extra: str) -> dict[str, str]:
     return _env(data_dir, CAIRN_NATS_NODES="3", CAIRN_NATS_PORT=str(free_run(3)),
                 CAIRN_NATS_MONITOR_PORT=str(free_run(3, 30011)),
-                CAIRN_NATS_CLUSTER_PORT=str(free_run(3, 40023)), **extra)
+                CAIRN_NATS_CLUSTER_PORT=str(free_run(3, 40023)),
+                CAIRN_NATS_WS_PORT=str(free_run(3, 45037)), **extra)
 
 
 def test_three_nodes_start_route_and_stop(tmp_path):

@@ -56,7 +56,8 @@ def test_stack_settings_one_node_by_default_and_ports_that_follow():
     assert one.nats_nodes == 1 and one.nats_urls == ("nats://127.0.0.1:4222",)
     assert one.nats_url_list == "nats://127.0.0.1:4222" and one.nats_replicas == 1
     assert [name for name, _ in one.nats_ports()] == ["CAIRN_NATS_PORT",
-                                                      "CAIRN_NATS_MONITOR_PORT"]
+                                                      "CAIRN_NATS_MONITOR_PORT",
+                                                      "CAIRN_NATS_WS_PORT"]
     three = settings.load({"CAIRN_NATS_NODES": "3"})
     assert three.nats_urls == tuple(f"nats://127.0.0.1:{p}" for p in (4222, 4223, 4224))
     assert three.nats_replicas == 3

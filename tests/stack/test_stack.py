@@ -22,6 +22,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
         CAIRN_BRIDGE_METRICS_PORT=str(free_port()),
         CAIRN_ROUTER_METRICS_PORT=str(free_port()),
         CAIRN_NATS_MONITOR_PORT=str(free_port()),
+        CAIRN_NATS_WS_PORT=str(free_port()),
         CAIRN_PB_PORT=str(free_port()),
     )
     env.update(extra)
