@@ -71,7 +71,8 @@ class Stack:
         say(f"[3/5] PocketBase on {s.pb_url} (migrations from pb_migrations/)")
         self.admin = superuser.resolve(s, self.layout)
         upsert_superuser(self.layout, self.admin.email, self.admin.password)
-        self.children.append(start_pocketbase(self.layout, s.pb_port))
+        self.children.append(start_pocketbase(
+            self.layout, s.pb_port, env={"CAIRN_NATS_WS_URLS": ",".join(s.nats_ws_urls)}))
         say(f"[4/5] cairn-bridge (metrics http://127.0.0.1:{s.bridge_metrics_port}/metrics)")
         self.children.append(start_bridge(s, self.layout, self.admin))
         say(f"[5/5] cairn-router (metrics http://127.0.0.1:{s.router_metrics_port}/metrics)")
@@ -106,6 +107,8 @@ class Stack:
         say("")
         say("Cairn is up.")
         say(f"  Admin UI:   {s.pb_url}/_/")
+        say(f"  Dashboard:  {s.pb_url}/   (people log in there; NATS over WebSocket "
+            f"{','.join(s.nats_ws_urls)})")
         if self.admin.generated_now:
             say(f"  Login:      {self.admin.email} / {self.admin.password}   "
                 f"(generated now, shown once; kept in {self.layout.superuser_file})")
@@ -123,6 +126,11 @@ class Stack:
                 f"{creds} agents.demo-1.cmd.ping")
             say(f"  or, with the nats CLI:  nats --server {s.nats_url_list} --creds {creds} "
                 "request agents.demo-1.cmd.ping '{}'")
+            if self.demo.person_file is not None:
+                say(f"  Dashboard login: {self.demo.person_email} (password in "
+                    f"{self.demo.person_file}); or as that person on the command line: "
+                    f".venv/bin/cairn login --server {s.pb_url} --email "
+                    f"{self.demo.person_email}")
         say("Press Ctrl-C to stop.")
 
     def wait(self) -> int:

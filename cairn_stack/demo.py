@@ -9,6 +9,7 @@ device secret are secrets, and the scripts are run by extension, not by an exec 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import sys
 from dataclasses import dataclass
@@ -51,10 +52,15 @@ print(json.dumps({"hello": sys.argv[1:] or ["world"]}))
 }
 
 
+PERSON_EMAIL = "demo@cairn.local"  # a person (users) who owns the demo tenant
+
+
 @dataclass(frozen=True)
 class Demo:
     agent_config: Path
     admin_creds: Path
+    person_email: str = PERSON_EMAIL
+    person_file: Path | None = None  # {"email", "password"} of the demo's dashboard user
 
 
 async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser) -> Demo:
@@ -78,6 +84,7 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
         if await pb.first("rules", f'tenant = "{tenant["id"]}" && name = "{RULE_NAME}"') is None:
             await pb.create("rules", {"tenant": tenant["id"], "name": RULE_NAME,
                                       "enabled": True, "yaml": RULE})
+        person_file = await _person(pb, tenant["id"], demo_dir / "person.json")
         admin_creds = demo_dir / "admin.creds"
         if not admin_creds.exists() or admin_creds.read_text() != user["creds"]:
             write_private(admin_creds, user["creds"])
@@ -85,7 +92,24 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
     config = _agent_config(agent_dir, settings, layout)
     await enroll(EnrollRequest(server=settings.pb_url, code=DEVICE, directory=agent_dir,
                                nats_urls=settings.nats_urls, secret=secret))
-    return Demo(config, admin_creds)
+    return Demo(config, admin_creds, PERSON_EMAIL, person_file)
+
+
+async def _person(pb: PocketBase, tenant_id: str, path: Path) -> Path:
+    """The demo's dashboard login: a user owning the demo tenant, password kept 0600."""
+    try:
+        password = json.loads(await asyncio.to_thread(path.read_text))["password"]
+    except (OSError, ValueError, KeyError, TypeError):
+        password = secrets.token_urlsafe(12)
+    user = await pb.first("users", f'email = "{PERSON_EMAIL}"')
+    body = {"email": PERSON_EMAIL, "password": password, "passwordConfirm": password,
+            "verified": True, "name": "Demo owner"}
+    user = await (pb.update("users", user["id"], body) if user else pb.create("users", body))
+    if await pb.first("memberships", f'user = "{user["id"]}" && tenant = "{tenant_id}"') is None:
+        await pb.create("memberships", {"user": user["id"], "tenant": tenant_id,
+                                        "role": "owner"})
+    write_private(path, json.dumps({"email": PERSON_EMAIL, "password": password}) + "\n")
+    return path
 
 
 def agent_process(demo: Demo, layout: DataLayout) -> ManagedProcess:

@@ -15,6 +15,7 @@ from cairn_stack.processes import CHILD_UMASK, ManagedProcess, ProcessError, bin
 
 MIGRATIONS_DIR = REPO_ROOT / "pb_migrations"
 HOOKS_DIR = REPO_ROOT / "pb_hooks"  # JS hooks PocketBase runs itself (no lost updates)
+PUBLIC_DIR = REPO_ROOT / "pb_public"  # the dashboard, served at /
 
 
 def pb_argv(layout: DataLayout, *args: str) -> list[str]:
@@ -24,22 +25,27 @@ def pb_argv(layout: DataLayout, *args: str) -> list[str]:
         "--dir", str(layout.pb_dir),
         "--migrationsDir", str(MIGRATIONS_DIR),
         "--hooksDir", str(HOOKS_DIR),
+        "--publicDir", str(PUBLIC_DIR),
         *args,
     ]
 
 
-def pocketbase_process(layout: DataLayout, port: int) -> ManagedProcess:
+def pocketbase_process(layout: DataLayout, port: int,
+                       env: dict[str, str] | None = None) -> ManagedProcess:
     private_dir(layout.pb_dir)
     return ManagedProcess(
         name="pocketbase",
         # --automigrate=false: Admin UI edits must not write migration files into the repo.
         argv=[*pb_argv(layout, "serve", f"--http=127.0.0.1:{port}"), "--automigrate=false"],
         log_path=layout.logs_dir / "pocketbase.log",
+        env=dict(env or {}),
     )
 
 
-def start_pocketbase(layout: DataLayout, port: int, timeout: float = 30) -> ManagedProcess:
-    proc = pocketbase_process(layout, port)
+def start_pocketbase(layout: DataLayout, port: int, timeout: float = 30,
+                     env: dict[str, str] | None = None) -> ManagedProcess:
+    """`env`: e.g. CAIRN_NATS_WS_URLS, which the dashboard asks for (pb_hooks/dashboard.pb.js)."""
+    proc = pocketbase_process(layout, port, env)
     proc.start()
     try:
         proc.wait_until(

@@ -1,0 +1,117 @@
+// Cairn dashboard: login, tenant choice, routing. Rows come from PocketBase (REST and
+// realtime, under its API rules); telemetry comes over NATS with the person's own JWT.
+import PocketBase from "/vendor/pocketbase.es.mjs";
+import { connectBus, forgetLogin } from "/js/bus.js";
+import { renderFleet } from "/js/fleet.js";
+import { renderDevice } from "/js/device.js";
+import { describe, showError } from "/js/ui.js";
+
+const pb = new PocketBase(location.origin);
+const $ = (id) => document.getElementById(id);
+const state = {
+  pb, memberships: [], membership: null, nc: null, role: "", latest: new Map(),
+  listeners: new Set(), cleanup: null,
+};
+
+function setBus(text, up) {
+  const pill = $("bus");
+  pill.textContent = text;
+  pill.classList.toggle("up", up);
+}
+
+function loginView(message) {
+  $("nav").hidden = true;
+  $("main").innerHTML = `
+    <form class="login" id="login-form">
+      <h2>Sign in to Cairn</h2>
+      <label>Email <input name="email" type="email" autocomplete="username" required></label>
+      <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+      <button type="submit">Sign in</button>
+    </form>`;
+  if (message) showError(message);
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = new FormData(ev.target);
+    try {
+      await pb.collection("users").authWithPassword(form.get("email"), form.get("password"));
+      showError(null);
+      await start();
+    } catch (err) {
+      showError(err);
+    }
+  });
+}
+
+async function chooseTenant(id) {
+  state.membership = state.memberships.find((m) => m.tenant === id) || state.memberships[0];
+  localStorage.setItem("cairn.dashboard.tenant", state.membership.tenant);
+  if (state.nc) { state.nc.close().catch(() => {}); state.nc = null; }
+  state.latest.clear();
+  setBus("NATS: connecting…", false);
+  try {
+    const bus = await connectBus(pb, state.membership, setBus);
+    state.nc = bus.nc;
+    state.role = bus.role;
+    state.nc.subscribe("agents.*.telemetry.system", {
+      callback: (err, msg) => {
+        if (err) return;
+        let body;
+        try { body = msg.json(); } catch (_) { return; }
+        const code = msg.subject.split(".")[1];
+        state.latest.set(code, { ...body, received: Date.now() });
+        for (const fn of state.listeners) fn(code, body);
+      },
+    });
+  } catch (err) {
+    setBus("NATS: no access", false);
+    showError(err);
+  }
+  route();
+}
+
+function route() {
+  if (state.cleanup) { state.cleanup(); state.cleanup = null; }
+  const main = $("main");
+  const match = location.hash.match(/^#\/device\/([a-z0-9]+)$/);
+  state.cleanup = match ? renderDevice(state, main, match[1]) : renderFleet(state, main);
+}
+
+async function start() {
+  const me = pb.authStore.record;
+  if (!pb.authStore.isValid || !me || me.collectionName !== "users") return loginView();
+  try {
+    state.memberships = await pb.collection("memberships").getFullList({
+      filter: pb.filter("user = {:id}", { id: me.id }), expand: "tenant" });
+  } catch (err) {
+    pb.authStore.clear();
+    return loginView(describe(err));
+  }
+  if (!state.memberships.length) {
+    $("main").innerHTML = "";
+    return showError("You are a member of no tenant yet: ask an owner or admin to add you.");
+  }
+  $("nav").hidden = false;
+  $("who").textContent = me.email;
+  const select = $("tenant");
+  select.innerHTML = "";
+  for (const m of state.memberships) {
+    const t = m.expand && m.expand.tenant;
+    const option = new Option(`${t ? t.name : m.tenant} (${m.role})`, m.tenant);
+    select.add(option);
+  }
+  const saved = localStorage.getItem("cairn.dashboard.tenant");
+  const first = state.memberships.some((m) => m.tenant === saved) ? saved : state.memberships[0].tenant;
+  select.value = first;
+  select.onchange = () => chooseTenant(select.value);
+  await chooseTenant(first);
+}
+
+$("logout").addEventListener("click", async () => {
+  await forgetLogin(pb);
+  if (state.nc) await state.nc.close().catch(() => {});
+  pb.authStore.clear();
+  location.hash = "#/";
+  loginView();
+});
+window.addEventListener("hashchange", () => { if (state.membership) route(); });
+start().catch(showError);

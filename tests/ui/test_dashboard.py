@@ -1,0 +1,102 @@
+"""Browser test of the dashboard (pb_public/): a person logs in, sees the fleet live, opens a
+device, sees its chart fill from NATS telemetry, pings it and sees the pong; a viewer sees
+no command buttons; a wrong password is told in words. Headless Debian Chromium through
+Playwright, nothing downloaded; screenshots go to docs/img/ when CAIRN_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+import yaml
+
+from agent import config as config_mod
+from agent.app import AgentApp
+from tests.live import enrolled_agent_site
+from tests.people.world import new_person
+from tests.ui.test_admin_ui import ARGS, CHROMIUM, DOCS_IMG
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary (apt-get install chromium); CI installs it")
+
+
+@pytest.fixture
+async def fleet(bridge, admin, pb_env, nats_env, tmp_path):
+    site = await enrolled_agent_site(admin, pb_env.url, nats_env.url, tmp_path, name="Acme")
+    doc = yaml.safe_load(site.config_path.read_text())
+    doc["intervals"]["system"] = 1  # a chart point every second
+    site.config_path.write_text(yaml.safe_dump(doc))
+    app = AgentApp(config_mod.load(site.config_path))
+    await app.start()
+    yield site.tenant, site.device
+    await app.stop()
+
+
+def _dashboard_url(pb_url: str, monitor_url: str) -> str:
+    port = httpx.get(f"{monitor_url}/varz", timeout=5).json()["websocket"]["port"]
+    return f"{pb_url}/?nats=ws://127.0.0.1:{port}"
+
+
+async def _log_in(page, url: str, email: str, password: str) -> None:
+    await page.goto(url)
+    await page.fill("input[name=email]", email)
+    await page.fill("input[name=password]", password)
+    await page.click("form.login button[type=submit]")
+
+
+async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_env, nats_env,
+                                                               tmp_path):
+    from playwright.async_api import async_playwright
+
+    tenant, device = fleet
+    operator = await new_person(admin, tenant, "operator")
+    viewer = await new_person(admin, tenant, "viewer")
+    url = _dashboard_url(pb_env.url, nats_env.monitor_url)
+    shots = DOCS_IMG if os.environ.get("CAIRN_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    code = device["code"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page(viewport={"width": 1300, "height": 800})
+
+        await _log_in(page, url, operator.email, "wrong-" + operator.password)
+        alert = page.locator("#error")
+        await alert.get_by_text("Wrong email or password.").wait_for(timeout=10000)
+        await page.screenshot(path=str(shots / "dashboard-wrong-password.png"))
+
+        await page.fill("input[name=password]", operator.password)
+        await page.click("form.login button[type=submit]")
+        await page.locator("#bus.up").wait_for(timeout=15000)  # NATS with the person's JWT
+        row = page.locator(f"tr[data-code='{code}']")
+        await row.locator("td.online").wait_for(timeout=15000)
+        await page.wait_for_function(
+            f"document.querySelector(\"tr[data-code='{code}'] td.cpu\")?.textContent !== ''",
+            timeout=15000)
+        cpu = float(await row.locator("td.cpu").text_content())
+        assert 0 <= cpu <= 100
+        await page.fill("#q", "no-such-device")
+        assert await row.is_hidden()
+        await page.fill("#q", code)
+        assert await row.is_visible()
+        await page.screenshot(path=str(shots / "dashboard-fleet.png"))
+
+        await row.get_by_role("link", name=code).click()
+        await page.wait_for_function(
+            "Number(document.querySelector('#chart')?.dataset.points || 0) >= 2", timeout=15000)
+        await page.get_by_role("button", name="Ping").click()
+        outcome = page.locator("#outcome[data-status=succeeded]")
+        await outcome.wait_for(timeout=15000)
+        assert "pong" in await outcome.text_content()
+        await page.locator("#commands td.status", has_text="succeeded").first.wait_for()
+        await page.screenshot(path=str(shots / "dashboard-device.png"))
+
+        second = await browser.new_page(viewport={"width": 1300, "height": 800})
+        await _log_in(second, url, viewer.email, viewer.password)
+        await second.locator(f"tr[data-code='{code}']").get_by_role("link", name=code).click()
+        await second.get_by_text("Viewers see this device").wait_for(timeout=15000)
+        assert await second.locator("#actions").count() == 0
+        assert await second.get_by_role("button", name="Ping").count() == 0
+        await browser.close()
+    rows = await admin.list("commands", filter=f'device = "{device["id"]}"')
+    assert [r["requested_by"] for r in rows] == [operator.user["id"]]  # through a row
