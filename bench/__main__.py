@@ -14,6 +14,7 @@ from bench import (
     bridge_failover,
     bridge_latency,
     cluster,
+    dashboard_bench,
     dispatch_bench,
     fleet,
     fleet_chaos,
@@ -36,6 +37,8 @@ BENCHMARKS = {
     "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
     "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
     "people": lambda: people_bench.report(asyncio.run(people_bench.run())),
+    # not in the default run: a browser and 10,000 device rows (~2 minutes)
+    "dashboard": lambda: dashboard_bench.report(asyncio.run(dashboard_bench.run())),
     # not in the default run: 10,000 connections (~3 minutes)
     "revocation-walk": lambda: revocation_walk.report(asyncio.run(revocation_walk.run())),
     # not in the default run: 30 minutes (CAIRN_SOAK_MINUTES)
@@ -48,7 +51,7 @@ BENCHMARKS = {
     "fleet-chaos": lambda: json.dumps(asyncio.run(fleet_chaos.run(fleet_chaos.parse([]))),
                                       indent=2),
 }
-NOT_DEFAULT = {"soak", "fleet", "fleet-chaos", "revocation-walk"}
+NOT_DEFAULT = {"soak", "fleet", "fleet-chaos", "revocation-walk", "dashboard"}
 DEFAULT = [n for n in BENCHMARKS if n not in NOT_DEFAULT]
 
 

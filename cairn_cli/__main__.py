@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cairn_cli.login import LoginError, LoginSettings, login, logout
+from cairn_cli.login import LoginError, LoginSettings, login, logout, read_state
 from cairn_cli.nats_context import context_dir
 from cairn_common.pocketbase import PocketBaseError
 
@@ -30,15 +30,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="where creds files go (default ~/.config/cairn/<server>)")
         sub.add_argument("--no-context", action="store_true",
                          help="write no `nats` CLI contexts")
+        sub.add_argument("--email", default=os.environ.get("CAIRN_EMAIL", ""),
+                         help="your login (env CAIRN_EMAIL; asked when missing)")
+        sub.add_argument("--password-file", type=Path,
+                         help="read the password from this file (else env CAIRN_PASSWORD, "
+                              "else asked; or env CAIRN_TOKEN, a PocketBase auth token)")
         if name == "login":
-            sub.add_argument("--email", default=os.environ.get("CAIRN_EMAIL", ""),
-                             help="your login (env CAIRN_EMAIL; asked when missing)")
-            sub.add_argument("--password-file", type=Path,
-                             help="read the password from this file (else env CAIRN_PASSWORD, "
-                                  "else asked)")
-            sub.add_argument("--token", default=os.environ.get("CAIRN_TOKEN", ""),
-                             help="a PocketBase auth token instead of a password (env "
-                                  "CAIRN_TOKEN)")
             sub.add_argument("--nats-url", default=os.environ.get("CAIRN_NATS_URL", ""),
                              help="NATS URL written into the contexts (default: the "
                                   "server's host, port 4222)")
@@ -76,16 +73,31 @@ def _password(args: argparse.Namespace) -> str:
     return getpass.getpass("Password: ")
 
 
+def _credentials(args: argparse.Namespace, known_email: str = "") -> tuple[str, str | None,
+                                                                          str | None]:
+    """(email, password, token): a token only from the environment (never argv)."""
+    token = os.environ.get("CAIRN_TOKEN") or None
+    if token:
+        return "", None, token
+    email = args.email or known_email
+    if not email:
+        if not sys.stdin.isatty():
+            raise LoginError("no email: use --email or CAIRN_EMAIL")
+        email = input("Email: ").strip()
+    return email, _password(args), None
+
+
+def _warn_cleartext(server: str) -> None:
+    parts = urlsplit(server)
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: {server} is plain http: your password crosses the network "
+              "unencrypted (use https)", file=sys.stderr)
+
+
 def _do_login(args: argparse.Namespace, settings: LoginSettings) -> int:
-    email = args.email
-    password = None
-    if not args.token:
-        if not email:
-            if not sys.stdin.isatty():
-                raise LoginError("no email: use --email or CAIRN_EMAIL")
-            email = input("Email: ").strip()
-        password = _password(args)
-    result = asyncio.run(login(settings, email, password, args.token or None,
+    _warn_cleartext(settings.server)
+    email, password, token = _credentials(args)
+    result = asyncio.run(login(settings, email, password, token,
                                progress=lambda line: print(line, file=sys.stderr)))
     for one in result.tenants:
         if one.error:
@@ -106,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         if args.command == "login":
             return _do_login(args, settings)
-        gone = asyncio.run(logout(settings))
+        state = read_state(settings.directory)
+        if not state:
+            print("not logged in here: nothing to do")
+            return 0
+        email, password, token = _credentials(args, str(state.get("email") or ""))
+        gone = asyncio.run(logout(settings, email, password, token))
         print(f"logged out: {gone} key registration(s) deleted")
         return 0
     except (LoginError, PocketBaseError) as exc:

@@ -24,7 +24,7 @@ from cairn_common.filemodes import private_dir, write_private
 from cairn_common.natsauth import person_inbox
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 
-STATE_FILE = "login.json"
+STATE_FILE = "login.json"  # which rows and files this machine's login made (no secret)
 WAIT = 15.0  # seconds for the bridge to answer every row
 
 
@@ -131,23 +131,20 @@ async def login(settings: LoginSettings, email: str | None = None,
         await _delete(pb, [r for m, r in previous.get("rows", {}).items()])
         await _delete(pb, [r["id"] for m, r in rows.items() if m not in kept])
         write_state(directory, {"server": settings.server, "email": result.email,
-                                "user": user["id"], "token": pb.token, "rows": kept,
+                                "user": user["id"], "rows": kept,
                                 "tenants": [t.slug for t in result.ok]})
         return result
 
 
-async def logout(settings: LoginSettings) -> int:
-    """Delete this machine's login rows (revoking its key) and its files; returns rows gone."""
+async def logout(settings: LoginSettings, email: str | None = None,
+                 password: str | None = None, token: str | None = None) -> int:
+    """Delete this machine's login rows (revoking its key) and its files; returns rows gone.
+    Signs in again (no PocketBase token is kept on disk: it would outlive the session)."""
     state = read_state(settings.directory)
     if not state:
         return 0
-    gone = 0
     async with PocketBase(settings.server) as pb:
-        try:
-            await sign_in(pb, None, None, state.get("token", ""))
-        except LoginError as exc:
-            raise LoginError(f"{exc}: log in again, or delete the person_keys rows in the "
-                             "Admin UI") from None
+        await sign_in(pb, email or state.get("email"), password, token)
         gone = await _delete(pb, list(state.get("rows", {}).values()))
     for slug in state.get("tenants", []):
         (settings.directory / f"{slug}.creds").unlink(missing_ok=True)

@@ -3,8 +3,8 @@
 // password, OTP or OAuth2 (onRecordAuthRequest runs for each of them after the credentials
 // were checked) and not by refreshing a token issued before the disable. The bridge revokes
 // their NATS JWTs (pb_hooks_bridge/people.py); person_keys' create rule refuses new keys.
-// A token issued before the disable stays valid until it expires (PocketBase's own
-// lifetime); it can create nothing on the bus.
+// Disabling a user also voids every PocketBase token already issued to them (a new token
+// key), so a session from before the disable can neither run commands nor change anything.
 
 onRecordAuthRequest((e) => {
   if (e.record && e.record.getBool("disabled")) {
@@ -16,6 +16,14 @@ onRecordAuthRequest((e) => {
 onRecordAuthRefreshRequest((e) => {
   if (e.record && e.record.getBool("disabled")) {
     throw new ForbiddenError("this account is disabled: ask a Cairn administrator");
+  }
+  e.next();
+}, "users");
+
+onRecordUpdate((e) => {
+  const before = e.record.original();
+  if (e.record.getBool("disabled") && !(before && before.getBool("disabled"))) {
+    e.record.refreshTokenKey();
   }
   e.next();
 }, "users");

@@ -126,7 +126,8 @@ class Bridge:
                                   People(self.pb, self.identities, cfg.person_jwt_ttl))
         self.reconciler = Reconciler(self.pb, self.accounts, self.pusher, self.tenants,
                                      self.identities, self.roles, self.router,
-                                     cfg.user_jwt_ttl)
+                                     # revocations and the ledger must outlive every JWT
+                                     max(cfg.user_jwt_ttl, cfg.person_jwt_ttl))
         if self.leadership.control is not None:
             self.reconciler.own_accounts.add(self.leadership.control.public_key)
         self.renewer = Renewer(cfg.user_jwt_ttl, self.renew_service_user)

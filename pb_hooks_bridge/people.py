@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from cairn_common import natsjwt
+from cairn_common import natsjwt, nkey
 from cairn_common.natsauth import person_inbox
 from cairn_common.pocketbase import PocketBase, PocketBaseError, pb_date
 from pb_hooks_bridge import metrics
@@ -96,8 +97,16 @@ class People:
                 off.add(row_id)
             else:
                 off.discard(row_id)
+        # what changed while no event told us (a gap in the realtime stream): those rows
+        # go through their lanes again
+        touched = {m for m, row in book.memberships.items()
+                   if m not in fresh or fresh[m].get("role") != row.get("role")}
+        newly_off = off - book.disabled
         book.memberships, book.disabled = fresh, off
         self._events = {k: v for k, v in self._events.items() if v >= listed_at}
+        self._requeue([row for row in book.keys.values()
+                       if row.get("membership") in touched or row.get("user") in newly_off
+                       or (row.get("membership") not in fresh and row.get("jwt"))])
 
     def membership_changed(self, row: dict[str, Any], deleted: bool) -> None:
         self._events[row["id"]] = time.monotonic()
@@ -137,20 +146,25 @@ class People:
         known = self.book.keys.get(row["id"], {})
         if deleted:
             self.book.keys.pop(row["id"], None)
-            token = row.get("jwt") or known.get("jwt") or ""
-            return await self._revoke(account, token, target, "logged out (row deleted)")
+            return await self._revoke_row(account, {**known, **row}, target,
+                                          "logged out (row deleted)")
         self.book.keys[row["id"]] = row  # before any check: a later change re-queues it
         if str(row.get("error", "")).startswith(DEAD):
             return "unchanged"
         problem = await self._refusal(account, row)
         if problem is not None:
-            changed = await self._revoke(account, row.get("jwt") or "", target, problem)
+            changed = await self._revoke_row(account, row, target, problem)
             await self._write(row, {"jwt": "", "error": DEAD + problem})
             return "revoked" if changed else "unchanged"
         membership = self.book.memberships[row["membership"]]
         role = str(membership.get("role") or "")
         if role not in PERSON_ROLES:
             await self._write(row, {"error": f"membership role {role!r} is not a Cairn role"})
+            return "error"
+        try:
+            nkey.check_public(row.get("public_key"), "user")
+        except nkey.NkeyError as exc:
+            await self._write(row, {"error": f"public_key: {exc}"})
             return "error"
         perms = person_permissions(role, row["user"])
         grant = self.identities.current_grant(account, row.get("jwt") or "")
@@ -167,7 +181,7 @@ class People:
         if grant is not None and _same(grant, row["public_key"], perms, role):
             return "unchanged"
         ends = int(grant["exp"]) if grant and grant.get("exp") else int(time.time()) + self.ttl
-        if grant is not None:  # a role change: the old permissions end now
+        if grant is not None and int(grant.get("exp") or 0) > time.time():  # a role change
             await self.identities.revoke(account, {grant["sub"]: int(grant.get("iat", 0))},
                                          "person", target, f"role changed to {role}")
         if ends <= time.time() + 1:
@@ -216,17 +230,27 @@ class People:
 
     async def _dead(self, account: Account, row: dict[str, Any], target: str,
                     why: str) -> str:
-        await self._revoke(account, row.get("jwt") or "", target, why)
+        await self._revoke_row(account, row, target, why)
         await self._write(row, {"jwt": "", "error": DEAD + why})
         return "revoked"
 
-    async def _revoke(self, account: Account, token: str, target: str, reason: str) -> bool:
-        """Revoke the key of a JWT we issued that is still good (expired ones need not)."""
-        grant = self.identities.current_grant(account, token)
-        if grant is None or (grant.get("exp") and grant["exp"] <= time.time()):
+    async def _revoke_row(self, account: Account, row: dict[str, Any], target: str,
+                          reason: str) -> bool:
+        """Revoke the row's key (every JWT of it issued so far), and the key of the JWT on
+        the row: a write whose outcome was unknown may have handed out a JWT the row does
+        not show. A dead row was revoked already; an expired session needs nothing."""
+        if str(row.get("error", "")).startswith(DEAD):
             return False
-        return await self.identities.revoke(
-            account, {grant["sub"]: int(grant.get("iat", 0))}, "person", target, reason)
+        keys = {}
+        expires = _epoch(row.get("jwt_expires") or "")
+        if row.get("public_key") and (expires is None or expires > time.time()):
+            keys[row["public_key"]] = 0
+        grant = self.identities.current_grant(account, row.get("jwt") or "")
+        if grant is not None and int(grant.get("exp") or 0) > time.time():
+            keys[grant["sub"]] = max(keys.get(grant["sub"], 0), int(grant.get("iat", 0)))
+        if not keys:
+            return False
+        return await self.identities.revoke(account, keys, "person", target, reason)
 
     async def _write(self, row: dict[str, Any], patch: dict[str, Any]) -> bool:
         """False when the row is gone (its delete event does the rest)."""
@@ -243,6 +267,15 @@ class People:
             metrics.ROW_ERRORS.labels("person_keys").inc()
             log.info("person key refused", extra={"id": row["id"], "error": patch["error"]})
         return True
+
+
+def _epoch(stamp: str) -> float | None:
+    """A PocketBase date as epoch seconds (None when empty or unreadable)."""
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp \
+            else None
+    except ValueError:
+        return None
 
 
 def _same(grant: dict[str, Any], public_key: str, perms: Permissions, role: str) -> bool:

@@ -64,11 +64,27 @@ function personKeys() {
       { name: "updated", type: "autodate", onCreate: true, onUpdate: true },
     ],
     indexes: [
-      "CREATE UNIQUE INDEX `idx_cairn_person_keys_key` ON `person_keys` (`membership`, `public_key`)",
+      // one row per key in a tenant: nobody registers a colleague's key (seen in audit_log)
+      // under their own membership to revoke it by deleting the row
+      "CREATE UNIQUE INDEX `idx_cairn_person_keys_key` ON `person_keys` (`tenant`, `public_key`)",
       "CREATE INDEX `idx_cairn_person_keys_user` ON `person_keys` (`user`)",
       "CREATE INDEX `idx_cairn_person_keys_tenant` ON `person_keys` (`tenant`)",
     ],
   });
+}
+
+// A login is one row per tenant; a loop making and deleting rows would only grow the
+// account's revocation list.
+const CREATE_LIMIT = { label: "person_keys:create", maxRequests: 20, duration: 60 };
+
+function setCreateLimit(app, on) {
+  const settings = app.settings();
+  const rules = (settings.rateLimits.rules || []).filter((r) => r.label !== CREATE_LIMIT.label);
+  if (on) {
+    rules.push(CREATE_LIMIT);
+  }
+  settings.rateLimits.rules = rules;
+  app.save(settings);
 }
 
 migrate((app) => {
@@ -79,7 +95,9 @@ migrate((app) => {
   users.updateRule = usersUpdateRule([...USERS_OWN_GUARDS, "disabled"]);
   app.save(users);
   app.save(personKeys());
+  setCreateLimit(app, true);
 }, (app) => {
+  setCreateLimit(app, false);
   app.delete(app.findCollectionByNameOrId(ID.person_keys));
   const users = app.findCollectionByNameOrId("_pb_users_auth_");
   users.fields.removeByName("disabled");

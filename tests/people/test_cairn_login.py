@@ -29,7 +29,7 @@ async def _cairn(tmp_path: Path, *args: str, password: str = "") -> tuple[int, s
     env.pop("CAIRN_PASSWORD", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cairn_cli", *args, "--dir", str(tmp_path / "cairn"),
-        *(["--password-file", str(secret)] if args[0] == "login" else []),
+        "--password-file", str(secret),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -80,10 +80,13 @@ async def test_login_writes_creds_and_a_context_and_a_new_login_revokes_the_old(
 
     kept = tmp_path / "last.creds"
     kept.write_text(path.read_text())
-    code, out, err = await _cairn(tmp_path, "logout", "--server", pb_env.url)
+    code, out, err = await _cairn(tmp_path, "logout", "--server", pb_env.url,
+                                  password=person.password)
     assert code == 0 and "1 key registration" in out, err
     assert not path.exists()
     await _refused(nats_env.url, kept)
+    state = tmp_path / "cairn" / "login.json"
+    assert not state.exists()
 
 
 async def test_a_wrong_password_says_so(tenant, admin, pb_env, tmp_path):

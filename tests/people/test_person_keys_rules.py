@@ -95,3 +95,38 @@ async def test_too_many_logins_are_refused_in_words(tenant, admin, pb_env):
 
     current = await eventually(answered, 10, "the bridge's answer")
     assert not current["jwt"] and "log out elsewhere" in current["error"]
+
+
+async def test_a_colleagues_key_cannot_be_registered_again(tenant, admin, pb_env, nats_env):
+    """Keys are public (audit_log shows them): registering one under another membership and
+    deleting that row would revoke its owner's session."""
+    from tests.people.world import on_bus
+    alice = await new_person(admin, tenant, "operator")
+    mallory = await new_person(admin, tenant, "viewer")
+    login = await log_in(pb_env.url, admin, alice)
+    await _refused(register(pb_env.url, mallory, login.key))
+    nc, closed = await on_bus(nats_env.url, alice, login)
+    await nc.flush(timeout=2)  # control: alice's session is untouched
+    assert not closed.is_set()
+    await nc.close()
+
+
+async def test_a_key_with_a_bad_checksum_gets_no_jwt(tenant, admin, pb_env):
+    person = await new_person(admin, tenant, "viewer")
+    good = nkey.create("user").public_key.decode()
+    bad = good[:-1] + ("A" if good[-1] != "A" else "B")
+    row = await register(pb_env.url, person, public_key=bad)
+
+    async def answered():
+        current = await admin.get("person_keys", row["id"])
+        return current if current.get("error") or current.get("jwt") else None
+
+    current = await eventually(answered, 10, "the bridge's answer")
+    assert not current["jwt"] and current["error"].startswith("public_key:")
+
+
+async def test_revocations_outlive_person_jwts(bridge):
+    """The ledger and the revocation pruning span the longer of the two JWT lifetimes."""
+    cfg = bridge.config
+    assert bridge.bridge.reconciler.ttl == max(cfg.user_jwt_ttl, cfg.person_jwt_ttl)
+    assert cfg.person_jwt_ttl > cfg.user_jwt_ttl  # the suite's setting makes this matter

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import nats
 import pytest
 
@@ -79,7 +80,10 @@ async def test_a_user_cannot_enable_themselves(tenant, admin, pb_env):
     async with PocketBase(pb_env.url) as pb:
         await pb.auth_with_password("users", person.email, person.password)
         await pb.update("users", person.user["id"], {"name": "Renamed"})  # control
+        old_token = pb.token
+        assert _tenants_seen(pb_env.url, old_token) == [tenant["id"]]  # control
         await admin.update("users", person.user["id"], {"disabled": True})
+        assert _tenants_seen(pb_env.url, old_token) == []  # the old session is void
         # a token from before the disable: it can neither re-enable nor register a key
         with pytest.raises(PocketBaseError):
             await pb.update("users", person.user["id"], {"disabled": False})
@@ -125,6 +129,12 @@ async def test_a_role_change_ends_the_old_rights_and_keeps_the_session_end(tenan
     nc, _ = await on_bus(nats_env.url, person, login)  # the new JWT works
     await nc.flush(timeout=2)
     await nc.close()
+
+
+def _tenants_seen(url: str, token: str) -> list[str]:
+    resp = httpx.get(f"{url}/api/collections/tenants/records",
+                     headers={"Authorization": token}, timeout=5)
+    return [r["id"] for r in resp.json().get("items", [])] if resp.status_code == 200 else []
 
 
 async def _dead(admin, row_id: str):
