@@ -35,7 +35,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 DEVICES = 10_000
 TALKERS = 1_000  # devices sending telemetry every 10 s
-SAMPLES = 200
+SAMPLES = 60  # spaced wider than the page's 250 ms drawing interval, so each one shows
 CPU_WINDOW = 20.0  # seconds
 
 
@@ -105,11 +105,13 @@ async def _measure(stack: BenchStack) -> dict[str, Any]:
 
 
 async def _render(page: Any, url: str) -> dict[str, Any]:
-    rendered, fetched, filtered, filter_base = [], [], [], []
+    first_rows, rendered, fetched, filtered, filter_base = [], [], [], [], []
     wanted = f"{DEVICES} of {DEVICES} devices"
     for _ in range(5):
         t0 = time.perf_counter()
         await page.goto(url)
+        await page.wait_for_selector("#fleet tbody tr", timeout=60000)
+        first_rows.append((time.perf_counter() - t0) * 1000)
         await page.wait_for_function(f"document.querySelector('#count')?.textContent === "
                                      f"'{wanted}'", timeout=60000)
         rendered.append((time.perf_counter() - t0) * 1000)
@@ -134,7 +136,8 @@ async def _render(page: Any, url: str) -> dict[str, Any]:
         assert timing[2].startswith("1 of"), timing
         filtered.append(timing[0])
         filter_base.append(timing[1])
-    return {"render_ms": percentile(rendered, 50), "render_max_ms": max(rendered),
+    return {"first_rows_ms": percentile(first_rows, 50), "render_ms": percentile(rendered, 50),
+            "render_max_ms": max(rendered),
             "fetch_ms": percentile(fetched, 50), "filter_ms": percentile(filtered, 50),
             "filter_max_ms": max(filtered), "two_frames_ms": percentile(filter_base, 50)}
 
@@ -162,7 +165,7 @@ async def _latency(page: Any, pub: Any, url: str, auth: dict[str, Any]) -> dict[
         value = f"{n / 10 + 0.1:.1f}"  # unique per sample, as the cell shows it
         sent[value] = time.time() * 1000
         await pub.publish("agents.dev-00001.telemetry.system", _system(float(value)))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.4)
     await pub.flush()
     await asyncio.sleep(1)
     seen = await page.evaluate("() => window.seen")
@@ -204,7 +207,8 @@ async def _cpu(page: Any, pub: Any) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     return "\n".join([
         f"machine: {r['machine']}; {r['devices']} devices in the tenant",
-        f"fleet list rendered   p50 {r['render_ms']:.0f} ms (max {r['render_max_ms']:.0f})  "
+        f"first rows shown      p50 {r['first_rows_ms']:.0f} ms (navigation -> table rows)",
+        f"all {r['devices']} listed  p50 {r['render_ms']:.0f} ms (max {r['render_max_ms']:.0f})  "
         f"(baseline, the list fetched as JSON alone: {r['fetch_ms']:.0f} ms; ratio "
         f"{r['render_ms'] / r['fetch_ms']:.2f}x)",
         f"filter applied        p50 {r['filter_ms']:.0f} ms (max {r['filter_max_ms']:.0f})  "
