@@ -3,14 +3,16 @@
 import PocketBase from "/vendor/pocketbase.es.mjs";
 import { connectBus, forgetLogin } from "/js/bus.js";
 import { renderFleet } from "/js/fleet.js";
+import { renderAlerts, KEEP } from "/js/alerts.js";
 import { renderDevice } from "/js/device.js";
+import { renderRules } from "/js/rules.js";
 import { describe, showError } from "/js/ui.js";
 
 const pb = new PocketBase(location.origin);
 const $ = (id) => document.getElementById(id);
 const state = {
   pb, memberships: [], membership: null, nc: null, role: "", latest: new Map(),
-  listeners: new Set(), cleanup: null,
+  listeners: new Set(), cleanup: null, alerts: [], onAlert: null,
 };
 
 function setBus(text, up) {
@@ -47,6 +49,7 @@ async function chooseTenant(id) {
   localStorage.setItem("cairn.dashboard.tenant", state.membership.tenant);
   if (state.nc) { state.nc.close().catch(() => {}); state.nc = null; }
   state.latest.clear();
+  state.alerts = [];
   setBus("NATS: connecting…", false);
   try {
     const bus = await connectBus(pb, state.membership, setBus);
@@ -62,6 +65,14 @@ async function chooseTenant(id) {
         for (const fn of state.listeners) fn(code, body);
       },
     });
+    state.nc.subscribe("alerts.>", {
+      callback: (err, msg) => {
+        if (err) return;
+        state.alerts.unshift({ at: Date.now(), subject: msg.subject, text: msg.string() });
+        state.alerts.length = Math.min(state.alerts.length, KEEP);
+        if (state.onAlert) state.onAlert();
+      },
+    });
   } catch (err) {
     setBus("NATS: no access", false);
     showError(err);
@@ -73,7 +84,10 @@ function route() {
   if (state.cleanup) { state.cleanup(); state.cleanup = null; }
   const main = $("main");
   const match = location.hash.match(/^#\/device\/([a-z0-9]+)$/);
-  state.cleanup = match ? renderDevice(state, main, match[1]) : renderFleet(state, main);
+  if (match) state.cleanup = renderDevice(state, main, match[1]);
+  else if (location.hash === "#/alerts") state.cleanup = renderAlerts(state, main);
+  else if (location.hash === "#/rules") state.cleanup = renderRules(state, main);
+  else state.cleanup = renderFleet(state, main);
 }
 
 async function start() {

@@ -49,18 +49,22 @@ export function renderDevice(state, main, id) {
     try {
       const row = await commands.create({ tenant: state.membership.tenant, device: id, command,
         payload, requested_by: me.id });
-      out.textContent = `${command}: ${row.status || "queued"}`;
-      await commands.subscribe(row.id, (e) => {
-        if (!alive) return;
-        const status = e.record.status || "queued";
-        const done = FINAL.includes(status);
-        out.textContent = `${command}: ${status}` + (done && e.record.response
-          ? ` — ${JSON.stringify(e.record.response)}` : "") +
-          (done && e.record.error ? ` — ${e.record.error}` : "");
-        out.dataset.status = status;
-        refreshCommands();
+      let shown = "";
+      const show = (record) => {
+        if (!alive || FINAL.includes(shown)) return;
+        shown = record.status || "queued";
+        const done = FINAL.includes(shown);
+        out.textContent = `${command}: ${shown}` + (done && record.response
+          ? ` — ${JSON.stringify(record.response)}` : "") +
+          (done && record.error ? ` — ${record.error}` : "");
+        out.dataset.status = shown;
+        refreshCommands().catch(() => {});
         if (done) commands.unsubscribe(row.id).catch(() => {});
-      });
+      };
+      show(row);
+      await commands.subscribe(row.id, (e) => show(e.record));
+      // the bridge may have answered before the subscription was in place
+      show(await commands.getOne(row.id, { requestKey: null }));
     } catch (err) {
       out.textContent = `${command}: refused: ${describe(err)}`;
     }
@@ -68,7 +72,7 @@ export function renderDevice(state, main, id) {
 
   async function refreshCommands() {
     const list = await commands.getList(1, 10, { filter: pb.filter("device = {:id}", { id }),
-      sort: "-created" });
+      sort: "-created", requestKey: null });
     const body = main.querySelector("#commands tbody");
     if (body) body.innerHTML = list.items.map(commandLine).join("") ||
       '<tr><td colspan="4" class="muted">no commands yet</td></tr>';

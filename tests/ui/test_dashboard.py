@@ -100,3 +100,53 @@ async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_
         await browser.close()
     rows = await admin.list("commands", filter=f'device = "{device["id"]}"')
     assert [r["requested_by"] for r in rows] == [operator.user["id"]]  # through a row
+
+
+GOOD_RULE = """subject: agents.*.telemetry.system
+match: "cpu_percent > -1"
+actions:
+  - publish: "alerts.{@subject.1}.seen"
+    payload: '{"device": "{@subject.1}", "cpu": {cpu_percent}}'
+"""
+
+
+async def test_rules_are_checked_inline_and_alerts_arrive_live(fleet, admin, pb_env, nats_env,
+                                                               router_identity, tmp_path):
+    from playwright.async_api import async_playwright
+
+    from tests.router.harness import start_router
+
+    tenant, device = fleet
+    router = await start_router(pb_env, nats_env, admin, [tenant], router_identity)
+    operator = await new_person(admin, tenant, "operator")
+    url = _dashboard_url(pb_env.url, nats_env.monitor_url)
+    shots = DOCS_IMG if os.environ.get("CAIRN_SCREENSHOTS") == "1" else tmp_path
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = await browser.new_page(viewport={"width": 1300, "height": 900})
+            await _log_in(page, url, operator.email, operator.password)
+            await page.locator("#bus.up").wait_for(timeout=15000)
+            await page.get_by_role("link", name="Rules").click()
+            await page.get_by_role("button", name="New rule").click()
+            await page.fill("input[name=name]", "seen")
+            await page.check("input[name=enabled]")
+            await page.fill("textarea[name=yaml]", "subject: agents.*.telemetry.system\n"
+                                                   "match: [unclosed\n")
+            await page.get_by_role("button", name="Save").click()
+            await page.locator("#rule-status[data-status=invalid]").wait_for(timeout=15000)
+            error = await page.locator("#rule-error").text_content()
+            assert "line" in error, error
+            await page.screenshot(path=str(shots / "dashboard-rule-error.png"))
+            await page.fill("textarea[name=yaml]", GOOD_RULE)  # control: a good rule passes
+            await page.get_by_role("button", name="Save").click()
+            await page.locator("#rule-status[data-status=valid]").wait_for(timeout=15000)
+            assert await page.locator("#rule-error").is_hidden()
+
+            await page.get_by_role("link", name="Alerts").click()
+            await page.locator("#alerts td", has_text=f"alerts.{device['code']}.seen") \
+                .first.wait_for(timeout=15000)
+            await page.screenshot(path=str(shots / "dashboard-alerts.png"))
+            await browser.close()
+    finally:
+        await router.stop()
