@@ -290,14 +290,22 @@ async def create_devices(pb: PocketBase, req: BulkRequest,
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         result.seconds = time.perf_counter() - t0
+        _in_request_order(result, req.codes)
         if result.created:  # their secrets exist nowhere else
             await asyncio.to_thread(write_csv, req.out, req.tenant, result.created, req.force)
             print(f"partial: the {len(result.created)} devices created so far are in "
                   f"{req.out}", file=sys.stderr)
         raise
     result.seconds = time.perf_counter() - t0
+    _in_request_order(result, req.codes)
     await asyncio.to_thread(write_csv, req.out, req.tenant, result.created, req.force)
     return result
+
+
+def _in_request_order(result: BulkResult, codes: list[str]) -> None:
+    """Chunks finish in any order (they run side by side): the CSV lists the codes as asked."""
+    place = {code: i for i, code in enumerate(codes)}
+    result.created.sort(key=lambda row: place.get(row.code, len(place)))
 
 
 def stderr_progress(created: int, skipped: int, total: int, seconds: float) -> None:

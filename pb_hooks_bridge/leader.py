@@ -67,6 +67,12 @@ NAME_IN_USE = 10058  # JetStream: stream name already in use with a different co
 NO_PEERS = 10005  # JetStream: no suitable peers for placement (nodes not up yet)
 NOT_CLUSTERED = 10074  # JetStream: replicas > 1 not supported in non-clustered mode
 CLUSTER_NOT_READY = 10008  # JetStream: "JetStream system temporarily unavailable"
+# JetStream: "JetStream not enabled for account". Also what a node answers for a moment
+# after start, before the account's JWT (with its JetStream limits) is applied on it (seen
+# in CI on a loaded box, every cluster test's bridge at once): waited out for a while,
+# then a clear error (it may really be off).
+ACCOUNT_JS_OFF = 10039
+ACCOUNT_JS_WAIT = 20.0  # seconds
 OPEN_WAIT = 120.0  # seconds the lease bucket may wait for a cluster still forming
 
 
@@ -123,7 +129,10 @@ class Lease:
                     raise _refused(exc) from exc
                 reason = str(exc.description)
             except ServiceUnavailableError as exc:
-                if exc.err_code not in (None, CLUSTER_NOT_READY):
+                if exc.err_code == ACCOUNT_JS_OFF and \
+                        time.monotonic() - since >= ACCOUNT_JS_WAIT:
+                    raise _refused(exc) from exc
+                if exc.err_code not in (None, CLUSTER_NOT_READY, ACCOUNT_JS_OFF):
                     raise _refused(exc) from exc
                 # nats-py's answer to "no responders": no JetStream answered (yet)
                 reason = exc.description or "no JetStream answered (is it enabled?)"

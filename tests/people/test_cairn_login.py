@@ -17,8 +17,10 @@ from tests.live import account_ready, connect, new_tenant
 from tests.people.world import new_person
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def tenant(bridge, admin):
+    """One tenant per module (every test makes its own people): the session's router
+    follows every tenant there is, and each one more slows its start."""
     return await account_ready(admin, await new_tenant(admin))
 
 

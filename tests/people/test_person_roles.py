@@ -18,8 +18,10 @@ from tests.live import account_ready, connect, enroll, eventually, new_device, n
 from tests.people.world import log_in, new_person, on_bus
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def tenant(bridge, admin):
+    """One tenant per module (every test makes its own people): the session's router
+    follows every tenant there is, and each one more slows its start."""
     return await account_ready(admin, await new_tenant(admin))
 
 

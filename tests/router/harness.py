@@ -116,7 +116,9 @@ async def add_rule(admin: PocketBase, tenant: dict[str, Any], text: str,
 
 
 async def row_with_status(admin: PocketBase, row_id: str, status: str,
-                          timeout: float = 10) -> dict[str, Any]:
+                          timeout: float = 20) -> dict[str, Any]:
+    """(20 s: the router validates within a second here, but on a loaded 2-core CI box
+    its start-up over every tenant of the session can take longer)"""
     async def check() -> dict[str, Any] | None:
         row = await admin.get("rules", row_id)
         return row if row["status"] == status else None
