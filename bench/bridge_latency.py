@@ -28,10 +28,11 @@ PASSWORD = "bench-enroll-123"
 
 
 class Watch:
-    """One superuser realtime stream resolving per-device futures on matching updates."""
+    """One superuser realtime stream resolving per-record futures on matching updates."""
 
-    def __init__(self, admin: PocketBase) -> None:
+    def __init__(self, admin: PocketBase, collection: str = "devices") -> None:
         self.admin = admin
+        self.collection = collection
         self.waiters: dict[str, tuple[Any, asyncio.Future[dict[str, Any]]]] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -39,7 +40,7 @@ class Watch:
         ready = asyncio.Event()
 
         async def run() -> None:
-            async for event in self.admin.realtime(["devices/*"]):
+            async for event in self.admin.realtime([f"{self.collection}/*"]):
                 if event.action == "connect":
                     ready.set()
                     continue
@@ -47,7 +48,7 @@ class Watch:
                 if entry and entry[0](event.record) and not entry[1].done():
                     entry[1].set_result(event.record)
 
-        self.task = asyncio.create_task(run())
+        self.task = asyncio.create_task(run(), name=f"bench-watch-{self.collection}")
         await asyncio.wait_for(ready.wait(), 10)
 
     def expect(self, device_id: str, predicate: Any) -> asyncio.Future[dict[str, Any]]:

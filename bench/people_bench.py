@@ -22,25 +22,6 @@ from cairn_common.natsauth import person_inbox
 from cairn_common.pocketbase import PocketBase
 
 
-class KeyWatch(Watch):
-    """Watch's futures, over person_keys rows."""
-
-    async def start(self) -> None:
-        ready = asyncio.Event()
-
-        async def run() -> None:
-            async for event in self.admin.realtime(["person_keys/*"]):
-                if event.action == "connect":
-                    ready.set()
-                    continue
-                entry = self.waiters.get(event.record.get("id"))
-                if entry and entry[0](event.record) and not entry[1].done():
-                    entry[1].set_result(event.record)
-
-        self.task = asyncio.create_task(run(), name="bench-key-watch")
-        await asyncio.wait_for(ready.wait(), 10)
-
-
 async def run(samples: int = 50) -> dict[str, Any]:
     stack: BenchStack = start()
     try:
@@ -50,7 +31,7 @@ async def run(samples: int = 50) -> dict[str, Any]:
 
 
 async def _person(stack: BenchStack, admin: PocketBase, tenant: dict[str, Any],
-                  keys: KeyWatch, n: int) -> tuple[dict[str, Any], Any, float]:
+                  keys: Watch, n: int) -> tuple[dict[str, Any], Any, float]:
     password = secrets.token_urlsafe(12)
     user = await admin.create("users", {"email": f"bench-{n}@cairn.test", "password": password,
                                         "passwordConfirm": password, "verified": True})
@@ -102,7 +83,7 @@ async def _measure(stack: BenchStack, samples: int) -> dict[str, Any]:
     # 100 logins from one address within a minute: the auth rate limit would refuse most
     await admin.update_settings({"rateLimits": {"enabled": False}})
     tenant = await provisioned_tenant(admin, "people")
-    keys, devices = KeyWatch(admin), Watch(admin)
+    keys, devices = Watch(admin, "person_keys"), Watch(admin)
     await keys.start()
     await devices.start()
     login_ms, enroll_ms, people, machines = [], [], [], []
