@@ -57,8 +57,21 @@ class Publisher:
         await self.task
 
 
+async def answered(ask, timeout: float = 30.0):
+    """A JetStream API answer once the cluster has one: right after a kill -9 the meta or
+    stream leader may be the dead node, and a request times out until a new one is elected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await ask()
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def replicas_current(js, count: int = 3) -> bool:
-    cluster = (await js.stream_info("TELEMETRY")).cluster
+    cluster = (await answered(lambda: js.stream_info("TELEMETRY"))).cluster
     peers = (cluster.replicas or []) if cluster else []
     return bool(cluster and cluster.leader) and len(peers) == count - 1 and all(
         p.current and not p.offline for p in peers)
@@ -66,9 +79,10 @@ async def replicas_current(js, count: int = 3) -> bool:
 
 async def stored_ids(nc, js) -> list[str]:
     """Every message id in TELEMETRY, in stream order (an ordered consumer)."""
-    total = (await js.stream_info("TELEMETRY")).state.messages
-    sub = await js.subscribe("agents.*.telemetry.>", ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL)
+    total = (await answered(lambda: js.stream_info("TELEMETRY"))).state.messages
+    sub = await answered(lambda: js.subscribe("agents.*.telemetry.>", stream="TELEMETRY",
+                                              ordered_consumer=True,
+                                              deliver_policy=DeliverPolicy.ALL))
     ids = []
     try:
         while len(ids) < total:
@@ -101,7 +115,7 @@ async def test_telemetry_r3_keeps_every_acked_message_across_kill_9(cluster, clu
     try:
         await eventually(lambda: publisher.progressed(0), 10, "first acknowledged messages")
         for role in ("leader", "follower"):
-            info = (await js.stream_info("TELEMETRY")).cluster
+            info = (await answered(lambda: js.stream_info("TELEMETRY"))).cluster
             name = info.leader if role == "leader" else info.replicas[0].name
             victim = cluster.node(name)
             before, killed = len(publisher.acked), time.monotonic()
