@@ -204,7 +204,7 @@ class AgentApp:
         await self.telemetry.publish("service", {"services": services})
 
     async def inventory(self) -> dict[str, Any]:
-        return await collect_inventory(VERSION)
+        return await collect_inventory(VERSION, self.config)
 
     async def publish_inventory(self) -> None:
         await self.telemetry.publish("inventory", await self.inventory())

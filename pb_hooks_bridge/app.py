@@ -35,6 +35,7 @@ from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.events import EventRouter, follow
 from pb_hooks_bridge.freshness import Freshness
+from pb_hooks_bridge.history import History
 from pb_hooks_bridge.identities import BRIDGE_USER, Identities
 from pb_hooks_bridge.kicker import Kicker
 from pb_hooks_bridge.lanes import COMMANDS, IDENTITY, REQUESTS, Lanes, Pool
@@ -120,6 +121,8 @@ class Bridge:
                                               self.tenants.account_for)
         self.links.on_connect.append(self.presence.watch)
         self.links.on_connect.append(self.device_requests.watch)
+        self.history = History()  # people's charts and alert lists (cairn.history.*)
+        self.links.on_connect.append(self.history.watch)
         self.router = EventRouter(self.pb, self.tenants, self.identities, self.roles,
                                   self.lanes, self.commands, self.presence,
                                   self.device_requests,
@@ -217,6 +220,8 @@ class Bridge:
             await self.lanes.drain(grace=0.0 if self.lost_lease else 5.0)
         if hasattr(self, "audit"):
             await self.audit.stop()
+        if hasattr(self, "history"):
+            await self.history.stop()
         if hasattr(self, "links"):
             await self.links.close_all()
         await self.leadership.close(release=not self.lost_lease)  # a standby takes over

@@ -40,6 +40,11 @@ DEVICE_REQUESTS = Counter(
     "cairn_bridge_device_requests_total",
     "Requests devices made over NATS (agents.<code>.ctl.*), by kind and outcome",
     ["kind", "outcome"])
+HISTORY_REQUESTS = Counter(
+    "cairn_bridge_history_requests_total",
+    "History requests people made over NATS (cairn.history.*), by kind and outcome",
+    ["kind", "outcome"])
+HISTORY_SECONDS = Histogram("cairn_bridge_history_seconds", "Time to answer a history request")
 PRESENCE_PENDING = Gauge("cairn_bridge_presence_pending",
                          "Devices whose heartbeats wait for the next presence pass")
 PRESENCE_DEFERRED = Counter("cairn_bridge_presence_online_deferred_total",

@@ -38,14 +38,15 @@ MAX_KEYS_PER_MEMBERSHIP = 10  # live logins of one person in one tenant
 # `viewer` role in pb_migrations/1764000003_security.js): people follow live telemetry,
 # heartbeats and alerts with plain subscriptions, and replies come to their own inbox.
 READS = ["agents.*.telemetry.>", "agents.*.heartbeat", "alerts.>"]
-COMMANDS = ["agents.*.cmd.>"]
-PERSON_ROLES = {"owner": COMMANDS, "admin": COMMANDS, "operator": COMMANDS, "viewer": []}
+HISTORY = ["cairn.history.*"]  # answered by the bridge, to the person's inbox (history.py)
+COMMANDS = ["agents.*.cmd.>", *HISTORY]
+PERSON_ROLES = {"owner": COMMANDS, "admin": COMMANDS, "operator": COMMANDS, "viewer": HISTORY}
 
 
 def person_permissions(role: str, user_id: str) -> Permissions:
     """The literal permissions of a membership role (KeyError for an unknown role)."""
     publish = PERSON_ROLES[role]
-    return Permissions(pub_allow=list(publish), pub_deny=[] if publish else [">"],
+    return Permissions(pub_allow=list(publish), pub_deny=[],
                        sub_allow=[*READS, f"{person_inbox(user_id)}.>"], sub_deny=[],
                        allow_responses=False)
 

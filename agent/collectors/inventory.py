@@ -3,6 +3,10 @@
 Every part is gathered on its own: a part that cannot be read becomes null and never
 costs the whole document. Blocking work (files, DNS, statvfs) runs in worker threads,
 `ip` as a subprocess, each with a deadline.
+
+Given the agent's config, the document also says what this agent will run ("allowed"),
+so a dashboard can offer pickers instead of free text; it only echoes the local
+whitelists, it widens nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agent.collectors import proc
+from agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 PART_TIMEOUT = 5.0
+MAX_SCRIPTS = 200  # scripts listed in "allowed": the document stays small
 T = TypeVar("T")
 
 
@@ -70,8 +76,9 @@ def os_info() -> dict[str, str | None]:
             "version": platform.release() or None}
 
 
-async def collect_inventory(version: str) -> dict[str, Any]:
-    """The inventory document; `version` is the agent's own version."""
+async def collect_inventory(version: str, config: AgentConfig | None = None) -> dict[str, Any]:
+    """The inventory document; `version` is the agent's own version. With `config`, it
+    has an "allowed" part (see `allowed`)."""
     os_part, fqdn, cpu_model, memory, disks, boot, interfaces = await asyncio.gather(
         _part("os", asyncio.to_thread(os_info)),
         _part("fqdn", asyncio.to_thread(socket.getfqdn)),
@@ -81,7 +88,7 @@ async def collect_inventory(version: str) -> dict[str, Any]:
         _part("boot time", asyncio.to_thread(_boot_time)),
         _part("network interfaces", _interfaces()),
     )
-    return {
+    doc: dict[str, Any] = {
         "hostname": _safe(socket.gethostname),
         "fqdn": fqdn,
         "os": {**(os_part or {"platform": sys.platform, "name": None, "version": None}),
@@ -95,6 +102,46 @@ async def collect_inventory(version: str) -> dict[str, Any]:
         "disks": disks,
         "boot_time": boot,
     }
+    if config is not None:
+        doc["allowed"] = await allowed(config)
+    return doc
+
+
+async def allowed(config: AgentConfig) -> dict[str, list[str] | None]:
+    """What this agent will run: {commands, scripts, services, logs}, straight from the
+    whitelists of agent.yaml. "scripts" is null only when listing them timed out (or
+    failed unexpectedly), like any other part."""
+    configured = config.commands.scripts_directory
+    directory = str(config.path(configured)) if configured else ""
+    scripts = await _part("allowed scripts", asyncio.to_thread(allowed_scripts, directory))
+    return {
+        "commands": list(config.commands.allowed),
+        "scripts": scripts,
+        "services": list(config.services.allowed),
+        "logs": list(config.logs.allowed_paths),
+    }
+
+
+def allowed_scripts(directory: str, limit: int = MAX_SCRIPTS) -> list[str]:
+    """File names in `directory` that exec would run, sorted, at most `limit`; [] when
+    the directory is unset, missing or unreadable (then exec runs no script either)."""
+    # imported here: agent.commands imports this module (health uses os_info)
+    from agent.commands.exec import script_refusal
+
+    if not directory:
+        return []
+    real = os.path.realpath(directory)
+    try:
+        names = sorted(os.listdir(real))
+    except OSError:
+        return []
+    found: list[str] = []
+    for name in names:
+        if len(found) >= limit:
+            break
+        if script_refusal(name, real) is None:
+            found.append(name)
+    return found
 
 
 async def _part(name: str, work: Awaitable[T]) -> T | None:

@@ -167,6 +167,25 @@ def _script_path(name: str, ctx: Context) -> tuple[str, str]:
     directory = os.path.realpath(ctx.config.path(configured))
     if not os.path.isdir(directory):
         raise CommandError(f"commands.scripts_directory {directory!r} is not a directory")
+    return _resolve_script(name, directory), directory
+
+
+def script_refusal(name: str, directory: str) -> str | None:
+    """Why exec would refuse to run script `name` of the real `directory`, or None: the
+    same checks as a request, so the inventory lists only scripts exec accepts."""
+    refused = _script_name_problem(name)
+    if refused:
+        return refused
+    try:
+        _interpreter(_resolve_script(name, directory))
+    except CommandError as exc:
+        return str(exc)
+    return None
+
+
+def _resolve_script(name: str, directory: str) -> str:
+    """The real path of the safely named script `name` inside the real `directory`: it
+    must stay inside, be a regular file and be changeable by no one but us."""
     real = os.path.realpath(os.path.join(directory, name))
     if not _inside(real, directory):
         raise CommandError(f"script {_show(name)} resolves outside scripts_directory; refused")
@@ -182,7 +201,7 @@ def _script_path(name: str, ctx: Context) -> tuple[str, str]:
     loose = trust.script_problem(real, directory)  # another user could have rewritten it
     if loose:
         raise CommandError(f"refusing to run script {_show(name)}: {loose}")
-    return real, directory
+    return real
 
 
 def _inside(path: str, directory: str) -> bool:

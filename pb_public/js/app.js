@@ -50,6 +50,7 @@ async function chooseTenant(id) {
   if (state.nc) { state.nc.close().catch(() => {}); state.nc = null; }
   state.latest.clear();
   state.alerts = [];
+  state.alertsLoaded = false;
   setBus("NATS: connecting…", false);
   try {
     const bus = await connectBus(pb, state.membership, setBus);
@@ -68,7 +69,9 @@ async function chooseTenant(id) {
     state.nc.subscribe("alerts.>", {
       callback: (err, msg) => {
         if (err) return;
-        state.alerts.unshift({ at: Date.now(), subject: msg.subject, text: msg.string() });
+        let text = msg.string();
+        try { text = JSON.stringify(JSON.parse(text)); } catch (_) { /* shown as sent */ }
+        state.alerts.unshift({ at: Date.now(), subject: msg.subject, text });
         state.alerts.length = Math.min(state.alerts.length, KEEP);
         if (state.onAlert) state.onAlert();
       },

@@ -77,3 +77,19 @@ export async function connectBus(pb, membership, onState) {
     false));
   return { nc, role: granted.role };
 }
+
+// A history answer from the bridge (cairn.history.<kind>: telemetry, latest, alerts), read
+// from the tenant's streams and sent to this person's inbox; an error in words otherwise.
+export async function askHistory(nc, kind, body) {
+  if (!nc) throw new Error("No NATS connection, so no history.");
+  let msg;
+  try {
+    msg = await nc.request(`cairn.history.${kind}`, JSON.stringify(body), { timeout: 15000 });
+  } catch (err) {
+    throw new Error(`History is not available now (${err.message}); is cairn-bridge running?`);
+  }
+  let answer;
+  try { answer = msg.json(); } catch (_) { throw new Error("History: the answer was not JSON."); }
+  if (answer.status !== "ok") throw new Error(`History: ${answer.error}`);
+  return answer;
+}

@@ -89,7 +89,27 @@ async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_
         await outcome.wait_for(timeout=15000)
         assert "pong" in await outcome.text_content()
         await page.locator("#commands td.status", has_text="succeeded").first.wait_for()
-        await page.screenshot(path=str(shots / "dashboard-device.png"))
+        # the chart began from TELEMETRY (through the bridge), not only from live figures
+        await page.locator("#chart-note", has_text="stored points").wait_for(timeout=15000)
+        assert int((await page.locator("#chart-note").text_content()).split()[0]) >= 1
+        assert await page.locator("#network-chart canvas").count() == 1
+        await page.get_by_role("button", name="Last day").click()
+        await page.locator("button.chosen", has_text="Last day").wait_for()
+        await page.locator("#chart-note", has_text="stored points").wait_for(timeout=15000)
+        # inventory from the stream, with pickers of what the agent allows
+        await page.locator("#inventory table.kv").wait_for(timeout=15000)
+        options = await page.locator("#exec-form select option").all_text_contents()
+        assert {"echo hello", "true", "facts.py", "nap.sh"} <= set(options), options
+        await page.select_option("#exec-form select", "facts.py")
+        await page.get_by_role("button", name="Exec").click()
+        await page.locator("#outcome[data-status=succeeded]", has_text="exec").wait_for(
+            timeout=15000)
+        assert '"answer":42' in await page.locator("#outcome").text_content()
+        await page.get_by_role("button", name="Health").click()
+        badge = page.locator("#health .health")
+        await badge.wait_for(timeout=15000)
+        assert await badge.text_content() in ("healthy", "degraded")
+        await page.screenshot(path=str(shots / "dashboard-device.png"), full_page=True)
 
         second = await browser.new_page(viewport={"width": 1300, "height": 800})
         await _log_in(second, url, viewer.email, viewer.password)
@@ -99,7 +119,8 @@ async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_
         assert await second.get_by_role("button", name="Ping").count() == 0
         await browser.close()
     rows = await admin.list("commands", filter=f'device = "{device["id"]}"')
-    assert [r["requested_by"] for r in rows] == [operator.user["id"]]  # through a row
+    assert {r["requested_by"] for r in rows} == {operator.user["id"]}  # through rows
+    assert sorted(r["command"] for r in rows) == ["exec", "health", "ping"]
 
 
 GOOD_RULE = """subject: agents.*.telemetry.system
@@ -147,6 +168,13 @@ async def test_rules_are_checked_inline_and_alerts_arrive_live(fleet, admin, pb_
             await page.locator("#alerts td", has_text=f"alerts.{device['code']}.seen") \
                 .first.wait_for(timeout=15000)
             await page.screenshot(path=str(shots / "dashboard-alerts.png"))
+            # a page opened later shows the stored alerts (ALERTS, through the bridge)
+            later = await browser.new_page(viewport={"width": 1300, "height": 900})
+            await _log_in(later, url + "#/alerts", operator.email, operator.password)
+            await later.locator("#bus.up").wait_for(timeout=15000)
+            await later.get_by_role("link", name="Alerts").click()
+            await later.locator("#alerts td", has_text=f"alerts.{device['code']}.seen") \
+                .first.wait_for(timeout=15000)
             await browser.close()
     finally:
         await router.stop()
