@@ -19,6 +19,7 @@ from bench import (
     fleet,
     fleet_chaos,
     guards_bench,
+    history_bench,
     people_bench,
     revocation_walk,
     router_bench,
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "cluster": lambda: cluster.report(asyncio.run(cluster.run())),
     "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
     "people": lambda: people_bench.report(asyncio.run(people_bench.run())),
+    "history": lambda: history_bench.report(asyncio.run(history_bench.run())),
     # not in the default run: a browser and 10,000 device rows (~2 minutes)
     "dashboard": lambda: dashboard_bench.report(asyncio.run(dashboard_bench.run())),
     # not in the default run: 10,000 connections (~3 minutes)
