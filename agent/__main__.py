@@ -93,6 +93,10 @@ def _enroll(args: argparse.Namespace) -> int:
     from agent.enrollment import EnrollRequest, default_nats_urls, enroll, read_secret
 
     logs.setup("agent")
+    problem = _unwritable(args.dir)
+    if problem:  # said before the secret is asked for
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     secret = read_secret(args.secret_file, interactive=sys.stdin.isatty())
     request = EnrollRequest(
         server=args.server.rstrip("/"), code=args.code, directory=args.dir,
@@ -102,6 +106,20 @@ def _enroll(args: argparse.Namespace) -> int:
     print(f"enrolled {args.code}; config in {path}\nstart it with: cairn-agent run --config "
           f"{path}")
     return 0
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why enroll could not write its files into `directory` (None: it can)."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the nearest folder that exists must let us make the rest
+    if os.access(probe, os.W_OK | os.X_OK) and (probe == directory or probe.is_dir()):
+        return None
+    hint = ("run as root, or pass --dir with a folder you own" if os.geteuid() != 0
+            else "pass --dir with a writable folder") if hasattr(os, "geteuid") else \
+        "pass --dir with a writable folder"
+    return (f"cannot write to {directory} ({probe} is not writable by this user): {hint} "
+            f"(without root the default is {Path.home() / '.config' / 'cairn-agent'})")
 
 
 def _add_file_log(config: config_mod.AgentConfig) -> None:
