@@ -48,3 +48,10 @@ def person_inbox(user_id: str) -> str:
     """Inbox prefix of a person (a PocketBase user id, [a-z0-9]): the same in every tenant
     and for every login of theirs, never another person's or a device's."""
     return f"_INBOX_person_{user_id}"
+
+
+def history_subject(user_id: str, kind: str = "*") -> str:
+    """Where a person asks the bridge for history (`cairn.history.<kind>.<user id>`): their
+    JWT may publish only with their own id, and the bridge answers only to that id's
+    inbox, so nobody asks in a colleague's name or spends a colleague's share."""
+    return f"cairn.history.{kind}.{user_id}"

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn_common import natsjwt, nkey
-from cairn_common.natsauth import person_inbox
+from cairn_common.natsauth import history_subject, person_inbox
 from cairn_common.pocketbase import PocketBase, PocketBaseError, pb_date
 from pb_hooks_bridge import metrics
 from pb_hooks_bridge.accounts import ALL_USERS, Account
@@ -38,15 +38,16 @@ MAX_KEYS_PER_MEMBERSHIP = 10  # live logins of one person in one tenant
 # `viewer` role in pb_migrations/1764000003_security.js): people follow live telemetry,
 # heartbeats and alerts with plain subscriptions, and replies come to their own inbox.
 READS = ["agents.*.telemetry.>", "agents.*.heartbeat", "alerts.>"]
-HISTORY = ["cairn.history.*"]  # answered by the bridge, to the person's inbox (history.py)
-COMMANDS = ["agents.*.cmd.>", *HISTORY]
-PERSON_ROLES = {"owner": COMMANDS, "admin": COMMANDS, "operator": COMMANDS, "viewer": HISTORY}
+COMMANDS = ["agents.*.cmd.>"]
+PERSON_ROLES = {"owner": COMMANDS, "admin": COMMANDS, "operator": COMMANDS, "viewer": []}
 
 
 def person_permissions(role: str, user_id: str) -> Permissions:
     """The literal permissions of a membership role (KeyError for an unknown role)."""
-    publish = PERSON_ROLES[role]
-    return Permissions(pub_allow=list(publish), pub_deny=[],
+    # history asks carry the person's own id: answered by the bridge to their inbox only,
+    # and counted against them, never against a colleague (history.py)
+    publish = [*PERSON_ROLES[role], history_subject(user_id)]
+    return Permissions(pub_allow=publish, pub_deny=[],
                        sub_allow=[*READS, f"{person_inbox(user_id)}.>"], sub_deny=[],
                        allow_responses=False)
 

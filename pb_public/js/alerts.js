@@ -5,6 +5,13 @@ import { describe, esc } from "/js/ui.js";
 
 export const KEEP = 200;
 
+// A stored alert as the live feed shows it: a rule's text payload as text, JSON compact.
+function textOf(data) {
+  const keys = data && typeof data === "object" ? Object.keys(data) : [];
+  return keys.length === 1 && keys[0] === "text" && typeof data.text === "string"
+    ? data.text : JSON.stringify(data);
+}
+
 // Stored alerts first, then what arrived live meanwhile that the history did not hold.
 function merged(stored, live) {
   const seen = new Set(stored.map((a) => `${a.subject} ${a.text}`));
@@ -33,9 +40,9 @@ export function renderAlerts(state, main) {
   state.onAlert = draw;
   draw();
   if (state.nc && !state.alertsLoaded) {
-    askHistory(state.nc, "alerts", { since: 86400, limit: KEEP }).then((answer) => {
+    askHistory(state, "alerts", { since: 86400, limit: KEEP }).then((answer) => {
       const stored = answer.messages.reverse().map((m) => ({ at: Date.parse(m.time),
-        subject: m.subject, text: JSON.stringify(m.data) }));
+        subject: m.subject, text: textOf(m.data) }));
       state.alerts = merged(stored, state.alerts);
       state.alertsLoaded = true;
       if (alive) draw();

@@ -57,23 +57,31 @@ async function chooseTenant(id) {
     state.nc = bus.nc;
     state.role = bus.role;
     state.nc.subscribe("agents.*.telemetry.system", {
+      // a device's document may be anything: a throw here would stop the connection
+      // reading (nats.js does not catch callbacks), so nothing may escape
       callback: (err, msg) => {
         if (err) return;
-        let body;
-        try { body = msg.json(); } catch (_) { return; }
-        const code = msg.subject.split(".")[1];
-        state.latest.set(code, { ...body, received: Date.now() });
-        for (const fn of state.listeners) fn(code, body);
+        try {
+          const body = msg.json();
+          if (!body || typeof body !== "object" || Array.isArray(body)) return;
+          const code = msg.subject.split(".")[1];
+          state.latest.set(code, { ...body, received: Date.now() });
+          for (const fn of state.listeners) {
+            try { fn(code, body); } catch (e) { console.warn("telemetry view", e); }
+          }
+        } catch (_) { /* not JSON: nothing to show */ }
       },
     });
     state.nc.subscribe("alerts.>", {
       callback: (err, msg) => {
         if (err) return;
-        let text = msg.string();
-        try { text = JSON.stringify(JSON.parse(text)); } catch (_) { /* shown as sent */ }
-        state.alerts.unshift({ at: Date.now(), subject: msg.subject, text });
-        state.alerts.length = Math.min(state.alerts.length, KEEP);
-        if (state.onAlert) state.onAlert();
+        try {
+          let text = msg.string();
+          try { text = JSON.stringify(JSON.parse(text)); } catch (_) { /* shown as sent */ }
+          state.alerts.unshift({ at: Date.now(), subject: msg.subject, text });
+          state.alerts.length = Math.min(state.alerts.length, KEEP);
+          if (state.onAlert) state.onAlert();
+        } catch (e) { console.warn("alert view", e); }
       },
     });
   } catch (err) {

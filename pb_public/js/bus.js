@@ -78,18 +78,23 @@ export async function connectBus(pb, membership, onState) {
   return { nc, role: granted.role };
 }
 
-// A history answer from the bridge (cairn.history.<kind>: telemetry, latest, alerts), read
-// from the tenant's streams and sent to this person's inbox; an error in words otherwise.
-export async function askHistory(nc, kind, body) {
-  if (!nc) throw new Error("No NATS connection, so no history.");
+// A history answer from the bridge (cairn.history.<kind>.<user id>: telemetry, latest,
+// alerts), read from the tenant's streams and sent to this person's inbox; an error in
+// words otherwise. The person's JWT lets them ask only in their own name.
+export async function askHistory(state, kind, body) {
+  if (!state.nc) throw new Error("No NATS connection, so no history.");
+  const me = state.pb.authStore.record;
   let msg;
   try {
-    msg = await nc.request(`cairn.history.${kind}`, JSON.stringify(body), { timeout: 15000 });
+    msg = await state.nc.request(`cairn.history.${kind}.${me.id}`, JSON.stringify(body),
+      { timeout: 15000 });
   } catch (err) {
     throw new Error(`History is not available now (${err.message}); is cairn-bridge running?`);
   }
   let answer;
   try { answer = msg.json(); } catch (_) { throw new Error("History: the answer was not JSON."); }
-  if (answer.status !== "ok") throw new Error(`History: ${answer.error}`);
+  if (!answer || answer.status !== "ok") {
+    throw new Error(`History: ${(answer && answer.error) || "no answer"}`);
+  }
   return answer;
 }

@@ -98,21 +98,24 @@ export function renderDevice(state, main, id) {
     if (actions && allowedOf(doc)) { actions.innerHTML = actionForms(allowedOf(doc)); bindForms(); }
   }
 
+  let asked = 0;  // the window last asked for wins, whichever answer comes first
   async function loadWindow(name) {
     const win = WINDOWS[name];
+    const mine = ++asked;
     const note = $("#chart-note");
     for (const b of main.querySelectorAll("[data-window]")) {
       b.classList.toggle("chosen", b.dataset.window === name);
     }
     note.textContent = "reading history…";
     try {
-      const answer = await askHistory(state.nc, "telemetry",
+      const answer = await askHistory(state, "telemetry",
         { device: code, since: win.since, points: win.points });
-      if (!alive) return;
+      if (!alive || mine !== asked) return;
       charts.load(answer.messages, win.since);
       note.textContent = `${answer.messages.length} stored points` +
         (answer.truncated ? " (more than fit in one answer)" : "") + ", then live";
     } catch (err) {
+      if (!alive || mine !== asked) return;
       charts.load([], win.since);
       note.textContent = `${describe(err)} Showing live figures only.`;
     }
@@ -174,7 +177,7 @@ export function renderDevice(state, main, id) {
     loadWindow("hour");
     refreshCommands().catch((err) => showError(describe(err)));
     lastHealth().catch((err) => { $("#health").textContent = describe(err); });
-    askHistory(state.nc, "latest", { device: code, subject: "inventory" })
+    askHistory(state, "latest", { device: code, subject: "inventory" })
       .then((answer) => alive && showInventory(answer.message && answer.message.data,
         answer.message && answer.message.time))
       .catch((err) => { if (alive) $("#inventory").textContent = describe(err); });

@@ -8,6 +8,7 @@ export const WINDOWS = {
 
 // One telemetry.system document -> chart values (null where the document lacks one).
 export function sample(doc, when) {
+  if (!doc || typeof doc !== "object") doc = {};
   const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
   const disks = Array.isArray(doc.disks) ? doc.disks : [];
   const used = disks.map((d) => num(d && d.free_percent)).filter((v) => v !== null)
@@ -15,7 +16,7 @@ export function sample(doc, when) {
   const net = doc.network && typeof doc.network === "object" ? doc.network : {};
   const kib = (v) => (num(v) === null ? null : v / 1024);
   return {
-    t: (Date.parse(when || doc.timestamp || "") || Date.now()) / 1000,
+    t: (Date.parse(String(when)) || Date.now()) / 1000,
     cpu: num(doc.cpu_percent), mem: num(doc.memory_used_percent),
     disk: used.length ? Math.max(...used) : null,
     rx: kib(net.rx_bytes_per_sec), tx: kib(net.tx_bytes_per_sec),
@@ -58,8 +59,10 @@ export function deviceCharts(percentEl, networkEl) {
       points.push(...live.filter((p) => p.t > last));
       draw();
     },
+    // a live document: placed at its arrival (history is placed by the stream's clock
+    // too; a device's own clock may be off, or lie)
     add(doc) {
-      const p = sample(doc);
+      const p = sample(doc, new Date().toISOString());
       if (p.cpu === null && p.mem === null) return;  // an error document: nothing to draw
       p.live = true;
       if (points.length && p.t <= points[points.length - 1].t) return;  // already shown

@@ -46,7 +46,7 @@ export function inventoryPanel(doc, when) {
   const disks = Array.isArray(doc.disks) ? doc.disks : [];
   const nics = Array.isArray(doc.network_interfaces) ? doc.network_interfaces : [];
   const addresses = (n) => (Array.isArray(n.addresses) ? n.addresses : [])
-    .map((a) => (typeof a === "object" ? a.address || "" : a)).filter(Boolean).join(", ");
+    .map((a) => (a && typeof a === "object" ? a.address || "" : a)).filter(Boolean).join(", ");
   return `<p class="muted">as of ${esc(ago(when))}</p>${rows([
     ["hostname", doc.fqdn && doc.fqdn !== doc.hostname ? `${doc.hostname} (${doc.fqdn})`
       : doc.hostname],

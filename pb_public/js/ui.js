@@ -31,13 +31,20 @@ export function canCommand(state) {
   return ["owner", "admin", "operator"].includes(state.membership && state.membership.role);
 }
 
+// Text for HTML, from anything a device may have sent (even an object whose toString is
+// not a function).
 export function esc(text) {
-  return String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  let value = "";
+  try {
+    value = typeof text === "object" && text !== null ? JSON.stringify(text) : String(text ?? "");
+  } catch (_) { /* unprintable: shown as nothing */ }
+  return String(value ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 export function ago(stamp) {
-  if (!stamp) return "never";
+  if (!stamp || typeof stamp !== "string") return "never";
   const s = Math.max(0, Math.round((Date.now() - Date.parse(stamp.replace(" ", "T"))) / 1000));
+  if (!Number.isFinite(s)) return "at an unknown time";
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.round(s / 60)} min ago`;
   if (s < 86400) return `${Math.round(s / 3600)} h ago`;

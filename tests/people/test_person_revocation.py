@@ -125,7 +125,7 @@ async def test_a_role_change_ends_the_old_rights_and_keeps_the_session_end(tenan
     row = await eventually(reissued, 10, "the JWT re-issued as viewer")
     claims = natsjwt.decode(row["jwt"])
     assert claims["sub"] == first["sub"] and claims["exp"] == first["exp"]
-    assert claims["nats"]["pub"] == {"allow": ["cairn.history.*"]}  # no commands
+    assert claims["nats"]["pub"] == {"allow": [f"cairn.history.*.{person.user['id']}"]}
     await _refused(nats_env.url, login.jwt, login.seed)
     login.row = row
     nc, _ = await on_bus(nats_env.url, person, login)  # the new JWT works

@@ -64,7 +64,8 @@ async def test_a_viewer_cannot_command_but_reads_heartbeats(tenant, device, admi
     viewer = await new_person(admin, tenant, "viewer")
     login = await log_in(pb_env.url, admin, viewer)
     claims = natsjwt.decode(login.jwt)
-    assert claims["nats"]["pub"] == {"allow": ["cairn.history.*"]}  # history asks only
+    # history asks in their own name only
+    assert claims["nats"]["pub"] == {"allow": [f"cairn.history.*.{viewer.user['id']}"]}
     errors: list[Exception] = []
     nc, _ = await on_bus(nats_env.url, viewer, login, errors)
     seen: asyncio.Queue = asyncio.Queue()
