@@ -86,6 +86,9 @@ async def register_key(server_url: str, code: str, secret: str, public_key: str,
         try:
             record = await pb.auth_with_password("devices", code, secret)
         except PocketBaseError as exc:
+            if exc.status == 403 and exc.reason:  # the control plane says why (devices.pb.js)
+                raise EnrollmentError(f"PocketBase at {server_url} refused device {code!r}: "
+                                      f"{exc.reason}") from exc
             if exc.status in (400, 401, 403):
                 raise EnrollmentError(
                     f"PocketBase at {server_url} refused device {code!r}: wrong code or "

@@ -35,6 +35,10 @@ class DataLayout:
         return self.secrets_dir / "sys_account.jwt"
 
     @property
+    def audit_key(self) -> Path:
+        return self.secrets_dir / "audit.key"  # cairn_common/audit_key.py
+
+    @property
     def sys_user_creds(self) -> Path:
         return self.secrets_dir / "sys_user.creds"
 

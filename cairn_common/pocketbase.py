@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
+from cairn_common.audit_key import HEADER as AUDIT_HEADER
+
 log = logging.getLogger(__name__)
 
 # pb_hooks/realtime_ping.pb.js: asks PocketBase to write a `cairn_ping` SSE message on one
@@ -36,10 +38,12 @@ def pb_date(epoch: float) -> str:
 class PocketBaseError(Exception):
     """A request failed; `status` is 0 when the server could not be reached."""
 
-    def __init__(self, message: str, status: int = 0, data: dict[str, Any] | None = None):
+    def __init__(self, message: str, status: int = 0, data: dict[str, Any] | None = None,
+                 reason: str = ""):
         super().__init__(message)
         self.status = status
         self.data = data or {}
+        self.reason = reason  # PocketBase's own message, when it sent one
 
 
 class PingUnsupported(PocketBaseError):
@@ -67,6 +71,7 @@ class PocketBase:
         self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
         self.token = ""
         self._login: tuple[str, str, str] | None = None
+        self.audit_key = ""  # sent with audit_log writes (cairn_common/audit_key.py)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -134,7 +139,13 @@ class PocketBase:
         return await self._send("GET", self._record(collection, record_id), params=params)
 
     async def create(self, collection: str, data: dict[str, Any]) -> dict[str, Any]:
-        return await self._send("POST", self._records(collection), json=data)
+        headers = self._audit_headers() if collection == "audit_log" else None
+        return await self._send("POST", self._records(collection), json=data, headers=headers)
+
+    def _audit_headers(self) -> dict[str, str] | None:
+        """Only Cairn's components write audit rows: they carry the audit key
+        (cairn_common/audit_key.py; `audit_key` is set by the component that has it)."""
+        return {AUDIT_HEADER: self.audit_key} if self.audit_key else None
 
     async def update(
         self, collection: str, record_id: str, data: dict[str, Any],
@@ -153,6 +164,11 @@ class PocketBase:
 
     async def batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several writes in one transaction (PocketBase's batch API must be enabled)."""
+        headers = self._audit_headers()
+        if headers:
+            requests = [{**r, "headers": {**r.get("headers", {}), **headers}}
+                        if "/collections/audit_log/" in r.get("url", "") else r
+                        for r in requests]
         return await self._send("POST", "/api/batch", json={"requests": requests})
 
     # -- realtime ---------------------------------------------------------------------
@@ -243,7 +259,8 @@ class PocketBase:
                                    for k, v in data.items())
                 detail = f"{detail} ({fields})"
             raise PocketBaseError(f"{method} {path}: HTTP {resp.status_code}: {detail}",
-                                  resp.status_code, data)
+                                  resp.status_code, data,
+                                  str(body.get("message", "")) if isinstance(body, dict) else "")
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()

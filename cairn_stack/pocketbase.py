@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
+from cairn_common import audit_key
 from cairn_common.filemodes import private_dir
 from cairn_common.layout import DataLayout
 from cairn_stack.nats import REPO_ROOT
@@ -38,7 +39,8 @@ def pocketbase_process(layout: DataLayout, port: int,
         # --automigrate=false: Admin UI edits must not write migration files into the repo.
         argv=[*pb_argv(layout, "serve", f"--http=127.0.0.1:{port}"), "--automigrate=false"],
         log_path=layout.logs_dir / "pocketbase.log",
-        env=dict(env or {}),
+        # only Cairn's components, which read secrets/audit.key, write audit_log rows
+        env={**(env or {}), audit_key.ENV: audit_key.ensure(layout)},
     )
 
 

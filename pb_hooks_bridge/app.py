@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import start_http_server
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from cairn_common import audit_key
 from cairn_common.pocketbase import PocketBase, PocketBaseError
 from cairn_common.tasks import cancel_and_wait
 from pb_hooks_bridge import background
@@ -82,6 +83,11 @@ class Bridge:
         result = bootstrap(cfg.layout, make_control=False)  # idempotent; never makes keys a
         # running bridge should have been given (the control account: `cairn-bridge bootstrap`)
         operator = load_operator(cfg.layout)
+        self.pb.audit_key = audit_key.read(cfg.layout) or ""
+        if not self.pb.audit_key:  # PocketBase would refuse every audit row
+            raise BridgeError(f"no audit key in {cfg.layout.audit_key}: the launcher makes "
+                              "it when it starts PocketBase; a bridge on another host needs "
+                              "a copy of the control plane's (mode 0600)")
         self.nc = await self._connect_sys()
         # one bridge leads, others wait here (leader.py); only the leader does anything
         if cfg.metrics_port and cfg.metrics_port not in _METRICS_SERVED:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cairn_common import audit_key
 from cairn_common.layout import DataLayout
 from cairn_common.pocketbase import PocketBase
 from cairn_stack.nats import start_nats
@@ -24,6 +25,7 @@ from pb_hooks_bridge.bootstrap import bootstrap
 from pb_hooks_bridge.config import BridgeConfig
 from pb_hooks_bridge.sidecar_logins import ensure_sidecar_login
 from rule_router.identity import IdentityFiles, RouterIdentity
+from tests import factories
 from tests.live import BridgeHandle
 
 _RUNNING: list[ManagedProcess] = []
@@ -117,6 +119,7 @@ def pb_env(stack_dir: Path) -> Iterator[PbEnv]:
     port = free_port()
     env = PbEnv(layout, port, email, password, start_pocketbase(layout, port))
     _RUNNING.append(env.process)
+    factories.AUDIT_KEY = audit_key.read(layout) or ""
     # The suite logs in hundreds of users and devices from one address: the migration's
     # auth rate limits (tests/security/test_rate_limits.py tests them on a PocketBase of
     # their own) would refuse most of them.

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cairn_common import audit_key
 from cairn_common.layout import DataLayout
 from cairn_stack.pocketbase import (
     MIGRATIONS_DIR,
@@ -190,7 +191,7 @@ def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
                           "1764000002_command_dispatch.js", "1764000003_security.js",
                           "1764000004_device_secret_cost.js", "1764000005_router_throttle.js",
-                          "1764000006_people.js"]
+                          "1764000006_people.js", "1764000007_command_guards.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -286,12 +287,19 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         device, _ = make_device_record(admin, tenant["id"])
         make_command(admin, device, requested_by=user["id"])
         make_rule(admin, tenant["id"])
-        make_audit(admin, tenant["id"])
+        make_audit(admin, tenant["id"], key=audit_key.read(layout))
         make_nats_user(admin, tenant["id"], seed="SU" + "A" * 56)
         make_nats_role(admin, tenant["id"])
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-5: the command create rule ties the device's tenant to the row's again
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[7]}" in out
+    with closing(_db(layout)) as db:
+        rule = db.execute("SELECT createRule FROM _collections WHERE name = 'commands'"
+                          ).fetchone()[0]
+    assert "device.tenant = tenant" in rule
     # down #-4: people's keys and users.disabled go
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[6]}" in out

@@ -42,13 +42,13 @@ from tests.factories import (
 def test_command_create_guards(world: World, extra: dict[str, Any], allowed: bool) -> None:
     me = world.operator_a
     marker = uid("m")
-    body = {"tenant": world.a["id"], "device": world.dev_a.id, "command": "ping",
-            "requested_by": me.id, "payload": {"marker": marker}, **extra}
+    body = {"tenant": world.a["id"], "device": world.dev_a.id, "command": "exec",
+            "requested_by": me.id, "payload": {"command": marker}, **extra}
     if body["requested_by"] == "OTHER":
         body["requested_by"] = world.owner_a.id
     resp = me.client.post(records_url("commands"), json=body)
     assert resp.status_code == (200 if allowed else 400), resp.text
-    found = list_ids(world.admin, "commands", filter=f'payload.marker = "{marker}"')
+    found = list_ids(world.admin, "commands", filter=f'payload.command = "{marker}"')
     assert bool(found) is allowed
 
 

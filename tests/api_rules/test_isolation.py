@@ -65,8 +65,8 @@ def test_command_device_and_tenant_must_match(world: World, device_of: str) -> N
     device = world.dev_a.record if device_of == "a" else world.dev_b.record
     tenant = world.b if device_of == "a" else world.a
     marker = uid("m")
-    body = {"tenant": tenant["id"], "device": device["id"], "command": "ping",
-            "requested_by": world.owner_a.id, "payload": {"marker": marker}}
+    body = {"tenant": tenant["id"], "device": device["id"], "command": "exec",
+            "requested_by": world.owner_a.id, "payload": {"command": marker}}
     resp = world.owner_a.client.post(records_url("commands"), json=body)
     assert resp.status_code == 400, resp.text
-    assert not list_ids(world.admin, "commands", filter=f'payload.marker = "{marker}"')
+    assert not list_ids(world.admin, "commands", filter=f'payload.command = "{marker}"')

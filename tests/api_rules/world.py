@@ -109,8 +109,8 @@ def create_bodies(
         "devices": {"code": uid("dev"), "tenant": tenant["id"], "password": "x" * 12,
                     "passwordConfirm": "x" * 12},
         "rules": {"tenant": tenant["id"], "name": uid("rule"), "yaml": "a: 1\n"},
-        "commands": {"tenant": tenant["id"], "device": device["id"], "command": "ping",
-                     "requested_by": me.id, "payload": {"marker": uid("m")}},
+        "commands": {"tenant": tenant["id"], "device": device["id"], "command": "exec",
+                     "requested_by": me.id, "payload": {"command": uid("m")}},
         "memberships": {"tenant": tenant["id"], "user": me.id, "role": "owner"},
         "audit_log": {"tenant": tenant["id"], "action": "pwned"},
         "nats_users": {"tenant": tenant["id"], "name": uid("svc"), "role": "service"},
@@ -125,7 +125,7 @@ def match_filter(collection: str, body: dict[str, Any]) -> str:
     if key:
         return f'{key} = "{body[key]}"'
     if collection == "commands":
-        return f'payload.marker = "{body["payload"]["marker"]}"'
+        return f'payload.command = "{body["payload"]["command"]}"'
     if collection == "memberships":
         return f'user = "{body["user"]}" && tenant = "{body["tenant"]}"'
     return f'action = "{body["action"]}"'

@@ -12,6 +12,7 @@ import pytest
 from agent import config as config_mod
 from agent.app import AgentApp
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge import command_payloads
 from tests.live import (
     account_ready,
     enrolled_agent_site,
@@ -127,11 +128,17 @@ async def test_logs_command(site, admin):
         ("logs", {"log_path": "/x", "lines": 0}, "lines must be between"),
     ],
 )
-async def test_bad_payloads_are_rejected_before_sending(site, admin, command, payload, error):
-    row = await _create(site, command, payload)
-    done = await _final(admin, row["id"])
-    assert done["status"] == "failed" and error in done["error"]
-    assert not done["sent_at"], "a rejected command must not be sent"
+async def test_bad_payloads_are_refused_at_once(site, admin, command, payload, error):
+    """PocketBase refuses the row itself (pb_hooks/commands.pb.js), with the bridge's own
+    words under the payload field; nothing is stored, so nothing is ever sent."""
+    mine = f'device = "{site.device["id"]}"'
+    before = len(await admin.list("commands", filter=mine))
+    with pytest.raises(PocketBaseError) as info:
+        await _create(site, command, payload)
+    assert info.value.status == 400 and error in str(info.value)
+    assert error in info.value.data["payload"]["message"].lower()
+    assert error.lower() in (command_payloads.problem(command, payload) or "").lower()
+    assert len(await admin.list("commands", filter=mine)) == before, "nothing was stored"
 
 
 async def test_viewer_cannot_create_commands(site):

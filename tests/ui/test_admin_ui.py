@@ -91,3 +91,59 @@ async def test_ping_from_the_admin_ui(fleet, admin, pb_env, tmp_path):
 def _field(page, name: str):
     label = page.locator("label", has_text=re.compile(f"^{name}"))
     return page.locator(".record-field-input").filter(has=label)
+
+
+async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env, tmp_path):
+    """A payload that does not fit, and another tenant's device, are refused in the form
+    with the reason under the field (pb_hooks/commands.pb.js); nothing is stored."""
+    from playwright.async_api import async_playwright
+
+    from tests.live import account_ready, new_device, new_tenant
+
+    tenant, device = fleet
+    other = await account_ready(admin, await new_tenant(admin, name="Other Co"))
+    foreign = await new_device(admin, other)
+    shots = DOCS_IMG if os.environ.get("CAIRN_SCREENSHOTS") == "1" else tmp_path
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        await page.goto(f"{pb_env.url}/_/")
+        await page.fill("#login_identity", pb_env.admin_email)
+        await page.fill("#login_pass", pb_env.admin_password)
+        await page.click("form[data-pb=authWithPasswordForm] button.next")
+        await page.wait_for_selector("[data-pb=mainNav]")
+        await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
+        await page.get_by_role("button", name="New record").first.click()
+        for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
+            await _pick(page, field, label)
+        command = _field(page, "command")
+        await command.locator(".selected-container").click()
+        await command.locator(".select-option", has_text=re.compile("^ping$")).click()
+        editor = _field(page, "payload").locator(".code-editor-content").first
+        await editor.click()
+        await page.keyboard.press("Control+A")
+        await page.keyboard.type("[1, 2]")
+        await page.get_by_role("button", name="Create", exact=True).click()
+        await page.get_by_text(
+            re.compile("payload must be a JSON object, got array", re.I)).first.wait_for()
+        await page.screenshot(path=str(shots / "admin-ui-payload-refused.png"))
+        await editor.click()
+        await page.keyboard.press("Control+A")
+        await page.keyboard.type("{}")
+        await _pick(page, "device", foreign["code"])
+        await page.get_by_role("button", name="Create", exact=True).click()
+        await page.get_by_text(
+            re.compile("not one of the command's tenant's devices", re.I)).first.wait_for()
+        await browser.close()
+    for target in (device, foreign):
+        assert not await admin.list("commands", filter=f'device = "{target["id"]}" && '
+                                                      'command = "ping" && status = ""')
+
+
+async def _pick(page, field: str, label: str) -> None:
+    block = _field(page, field)
+    await block.get_by_role("button", name="Open records picker").click()
+    picker = page.locator(".records-picker-modal[data-modal-state=open]")
+    await picker.locator(".records-picker-list .list-item", has_text=label).first.click()
+    await picker.get_by_role("button", name="Set selection").click()
+    await picker.wait_for(state="detached")

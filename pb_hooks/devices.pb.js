@@ -1,0 +1,73 @@
+/// <reference path="../pb_data/types.d.ts" />
+// Devices an admin can trust (issue 14):
+// - enrolling fails fast, with the reason, when the device is disabled or its tenant is
+//   inactive (the agent said only "no NATS credentials ... is cairn-bridge running?" after
+//   15 s): the device's login is refused with the reason, which is also written to
+//   `devices.error` so the Admin UI shows it. Told only when the secret is right (a wrong
+//   secret changes nothing and learns nothing).
+// - a device's role must exist (global, or the device's tenant's) and be one a device may
+//   hold: the global service, viewer and router roles are for services, not machines;
+// - a device code or tenant slug that breaks its pattern is refused with the pattern named
+//   (PocketBase itself says only "Invalid value format.").
+// (Handlers run in their own isolated VM: everything they use is declared inside them.)
+
+onRecordAuthWithPasswordRequest((e) => {
+  const device = e.record;
+  if (!device) { e.next(); return; }  // unknown code: PocketBase's own answer
+  let why = "";
+  if (device.getString("status") === "disabled") {
+    why = "device " + device.getString("code") + " is disabled: an admin must set its " +
+      "status back before it can enroll";
+  } else {
+    let tenant = null;
+    try { tenant = e.app.findRecordById("tenants", device.getString("tenant")); } catch (_) {}
+    if (tenant && !tenant.getBool("active")) {
+      why = "tenant " + tenant.getString("slug") + " is inactive: an admin must switch it " +
+        "to active before its devices can enroll";
+    }
+  }
+  // the reason is told only to the holder of the secret (checked here: PocketBase's auth
+  // rule would refuse a disabled device before any later hook, with no reason)
+  if (why && device.validatePassword(e.password)) {
+    try {
+      const row = e.app.findRecordById("devices", device.id);
+      if (row.getString("error") !== why) {
+        row.set("error", why);
+        e.app.save(row);
+      }
+    } catch (err) {
+      console.warn("devices.error not written", String(err));
+    }
+    throw new ForbiddenError(why);
+  }
+  e.next();
+}, "devices");
+
+onRecordCreateRequest((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  check.refuse(check.devices(e.app, e.record, null));
+  e.next();
+}, "devices");
+
+onRecordUpdateRequest((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  check.refuse(check.devices(e.app, e.record, Object.keys(e.requestInfo().body || {})));
+  e.next();
+}, "devices");
+
+onRecordCreateRequest((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  check.refuse(check.tenants(e.record, null));
+  // a tenant made through the API is active unless the request says otherwise (the Admin
+  // UI sends its switch either way; an inactive tenant's devices are told so at enroll)
+  if (!Object.prototype.hasOwnProperty.call(e.requestInfo().body || {}, "active")) {
+    e.record.set("active", true);
+  }
+  e.next();
+}, "tenants");
+
+onRecordUpdateRequest((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  check.refuse(check.tenants(e.record, Object.keys(e.requestInfo().body || {})));
+  e.next();
+}, "tenants");
