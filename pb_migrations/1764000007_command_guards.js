@@ -6,7 +6,8 @@
 // field, for superusers too. The bridge still refuses such a row if one ever exists
 // (dispatch.py: "the device belongs to another tenant").
 //
-// A tenant's name becomes presentable (the pickers showed ids).
+// A tenant's name becomes presentable (the pickers showed ids); the fields an admin fills
+// in get help texts.
 //
 // `down` restores the rule that tied the device's tenant to the row's.
 
@@ -33,14 +34,51 @@ function tenantNamePresentable(app, value) {
   app.save(tenants);
 }
 
+// Help under the fields an admin fills in the Admin UI.
+const HELP = {
+  tenants: {
+    slug: "Lower-case letters, digits and '-' (^[a-z0-9-]+$); names the tenant's NATS account.",
+    active: "Off: the tenant's NATS account is disabled and its devices cannot enroll.",
+    limits: "JSON quotas, all optional: max_connections, max_subscriptions, max_payload, " +
+      "max_data, jetstream_memory, jetstream_storage, max_streams, max_consumers, " +
+      "max_leafnodes, telemetry_max_bytes (integers; -1 = unlimited where allowed).",
+  },
+  devices: {
+    code: "3 to 64 lower-case letters, digits and '-' (^[a-z0-9-]{3,64}$); the agent's name " +
+      "on NATS (agents.<code>.>).",
+    role: "Empty means agent. Otherwise a role of this tenant (nats_roles) made for devices.",
+    password: "The enrollment secret: give it to `cairn-agent enroll` on the machine.",
+  },
+  commands: {
+    payload: 'A JSON object. ping, health, inventory, rotate_creds: {}. exec: {"command", ' +
+      '"args"?, "timeout"?}. service: {"action": start|stop|restart|status, ' +
+      '"service_name"}. logs: {"log_path", "lines"?}.',
+    expires_at: "Empty: one hour after creation. A command not sent by then expires.",
+    requested_by: "Your own user id when you create it through the API (superusers: any).",
+  },
+};
+
+function setHelp(app, on) {
+  for (const [name, fields] of Object.entries(HELP)) {
+    const collection = app.findCollectionByNameOrId(name);
+    for (const [field, text] of Object.entries(fields)) {
+      const f = collection.fields.getByName(field);
+      if (f) f.help = on ? text : "";
+    }
+    app.save(collection);
+  }
+}
+
 migrate((app) => {
   const commands = app.findCollectionByNameOrId("commands");
   commands.createRule = rule("tenant.", false);
   app.save(commands);
   tenantNamePresentable(app, true);
+  setHelp(app, true);
 }, (app) => {
   const commands = app.findCollectionByNameOrId("commands");
   commands.createRule = rule("device.tenant.", true);
   app.save(commands);
   tenantNamePresentable(app, false);
+  setHelp(app, false);
 });

@@ -199,6 +199,11 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
     for name in MIGRATIONS:
         assert f"Applied {name}" in out
     assert set(MIGRATIONS) <= applied(layout)
+    with closing(_db(layout)) as db:  # the Admin UI shows names and says the patterns
+        fields = {f["name"]: f for f in json.loads(db.execute(
+            "SELECT fields FROM _collections WHERE name = 'tenants'").fetchone()[0])}
+    assert fields["name"]["presentable"] is True
+    assert "^[a-z0-9-]+$" in fields["slug"]["help"]
 
     with serving(layout) as admin:
         resp = admin.get("/api/collections", params={"perPage": 200})
