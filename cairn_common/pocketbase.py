@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +72,7 @@ class PocketBase:
         self.token = ""
         self._login: tuple[str, str, str] | None = None
         self.audit_key = ""  # sent with audit_log writes (cairn_common/audit_key.py)
+        self.read_audit_key: Callable[[], str | None] | None = None  # reads it afresh
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -139,8 +140,19 @@ class PocketBase:
         return await self._send("GET", self._record(collection, record_id), params=params)
 
     async def create(self, collection: str, data: dict[str, Any]) -> dict[str, Any]:
-        headers = self._audit_headers() if collection == "audit_log" else None
-        return await self._send("POST", self._records(collection), json=data, headers=headers)
+        if collection != "audit_log":
+            return await self._send("POST", self._records(collection), json=data)
+        try:
+            return await self._send("POST", self._records(collection), json=data,
+                                    headers=self._audit_headers())
+        except PocketBaseError as exc:
+            # the key was made again (a new data dir, PocketBase restarted): read it once more
+            fresh = self.read_audit_key() if exc.status == 403 and self.read_audit_key else None
+            if not fresh or fresh == self.audit_key:
+                raise
+            self.audit_key = fresh
+            return await self._send("POST", self._records(collection), json=data,
+                                    headers=self._audit_headers())
 
     def _audit_headers(self) -> dict[str, str] | None:
         """Only Cairn's components write audit rows: they carry the audit key

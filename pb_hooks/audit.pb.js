@@ -38,3 +38,27 @@ onRecordUpdate((e) => {
 onRecordDelete((e) => {
   throw new BadRequestError("audit_log rows cannot be deleted: the history stays as written");
 }, "audit_log");
+
+// Through the API nothing changes a row, its tenant included (the exception above is for
+// PocketBase's own unlinking of a deleted tenant, which makes no request).
+onRecordUpdateRequest((e) => {
+  throw new BadRequestError("audit_log rows cannot be changed: the history stays as written");
+}, "audit_log");
+
+// Nor can the collection itself be emptied, cut down or dropped through the API (the
+// Admin UI's collection settings included). Migrations, which make no request, still can.
+onCollectionUpdateRequest((e) => {
+  if (e.collection && e.collection.name === "audit_log") {
+    throw new BadRequestError("the audit_log collection is Cairn's history: its fields and " +
+      "rules are changed only by Cairn's migrations");
+  }
+  e.next();
+});
+
+onCollectionDeleteRequest((e) => {
+  if (e.collection && e.collection.name === "audit_log") {
+    throw new BadRequestError("the audit_log collection is Cairn's history and cannot be " +
+      "deleted");
+  }
+  e.next();
+});

@@ -5,10 +5,12 @@
 //   words), a device that is not the tenant's, a disabled device;
 // - `expires_at` filled at create (CAIRN_COMMAND_TTL seconds, default 3600: the bridge's
 //   default for a row without one), so the row shows when it will expire;
-// - a status only moves forward (queued -> sent -> succeeded | failed | expired), and
-//   `response`, `sent_at`, `completed_at` are written once; what was asked (command,
-//   payload, device, tenant) no longer changes once sent. Checked on every save (a model
-//   hook), against the row as stored now, so no stale copy slips through.
+// - a status only moves forward (queued -> sent -> succeeded | failed; queued -> failed |
+//   expired), and `response`, `sent_at`, `completed_at`, `duration_ms` are written once
+//   (results only with a final status); what was asked (command, payload, device, tenant,
+//   requested_by, expires_at) no longer changes once sent, and while queued a change is
+//   checked like a new command. Checked on every save (a model hook), against the row as
+//   stored now, so no stale copy slips through.
 // (Handlers run in their own isolated VM: everything they use is declared inside them.)
 
 onRecordCreateRequest((e) => {
@@ -54,36 +56,76 @@ onRecordCreateRequest((e) => {
 }, "commands");
 
 onRecordUpdate((e) => {
-  const RANK = { "": 0, queued: 0, sent: 1, succeeded: 2, failed: 2, expired: 2 };
+  // from -> the statuses it may become ("" is queued); a finished status never changes
+  const NEXT = {
+    "": ["", "queued", "sent", "failed", "expired"],
+    queued: ["queued", "sent", "failed", "expired"],
+    sent: ["sent", "succeeded", "failed"],
+    succeeded: ["succeeded"], failed: ["failed"], expired: ["expired"],
+  };
+  const FINAL = ["succeeded", "failed", "expired"];
   const rec = e.record;
   let stored = null;
   try { stored = e.app.findRecordById("commands", rec.id); } catch (_) { stored = null; }
   if (!stored) { e.next(); return; }
   const before = stored.getString("status");
   const after = rec.getString("status");
+  const empty = (v) => v === "" || v === "null";
   const refuse = (field, message) => {
     const data = {};
     data[field] = new ValidationError("cairn_command_history", message);
     throw new BadRequestError(message, data);
   };
-  if (RANK[after] < RANK[before]) {
-    refuse("status", "a command's status only moves forward: it is " + before +
-      ", it cannot become " + (after || "queued") + " again");
+  if (!(NEXT[before] || []).includes(after)) {
+    refuse("status", FINAL.includes(before)
+      ? "the command has finished (" + before + "): it stays " + before
+      : "a command's status only moves forward: " + (before || "queued") + " cannot " +
+        "become " + (after || "queued"));
   }
-  if (RANK[before] === 2 && after !== before) {
-    refuse("status", "the command has finished (" + before + "): it stays " + before);
-  }
-  for (const field of ["response", "sent_at", "completed_at"]) {
+  for (const field of ["response", "sent_at", "completed_at", "duration_ms"]) {
     const was = toString(stored.get(field));
     const now = toString(rec.get(field));
-    if (was !== "" && was !== "null" && now !== was) {
+    if (!empty(was) && was !== "0" && now !== was) {
       refuse(field, field + " is written once (by the bridge) and never changed");
     }
   }
-  if (RANK[before] >= 1) {
-    for (const field of ["command", "payload", "device", "tenant"]) {
+  // results belong to a finished command, the send time to a sent one
+  for (const field of ["response", "completed_at"]) {
+    if (!FINAL.includes(after) && !empty(toString(rec.get(field)))) {
+      refuse(field, field + " is written when the command finishes, not before");
+    }
+  }
+  if (after === "" || after === "queued") {
+    if (!empty(toString(rec.get("sent_at")))) {
+      refuse("sent_at", "sent_at is written when the command is sent, not before");
+    }
+  }
+  if (before !== "" && before !== "queued") {
+    for (const field of ["command", "payload", "device", "tenant", "requested_by",
+      "expires_at"]) {
       if (toString(stored.get(field)) !== toString(rec.get(field))) {
         refuse(field, "the command was sent: what it asked (" + field + ") stays as sent");
+      }
+    }
+  } else {
+    // still queued: a change of what it asks is checked like a new command
+    const payloads = require(`${__hooks}/lib/command_payloads.js`);
+    let payload = null;
+    const raw = toString(rec.get("payload"));
+    try { payload = raw === "" ? null : JSON.parse(raw); } catch (_) { payload = raw; }
+    const found = payloads.problems(rec.getString("command"), payload);
+    if (found.length) {
+      const data = { payload: new ValidationError("cairn_payload", found.join("; ")) };
+      throw new BadRequestError("The command was not changed: " + found.join("; "), data);
+    }
+    if (rec.getString("device") !== stored.getString("device") ||
+        rec.getString("tenant") !== stored.getString("tenant")) {
+      let device = null;
+      try { device = e.app.findRecordById("devices", rec.getString("device")); } catch (_) {}
+      if (!device || device.getString("tenant") !== rec.getString("tenant")) {
+        const message = "this device is not one of the command's tenant's devices";
+        throw new BadRequestError(message, {
+          device: new ValidationError("cairn_device_tenant", message) });
       }
     }
   }

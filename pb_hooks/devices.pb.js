@@ -26,21 +26,22 @@ onRecordAuthWithPasswordRequest((e) => {
         "to active before its devices can enroll";
     }
   }
+  if (!why) { e.next(); return; }
   // the reason is told only to the holder of the secret (checked here: PocketBase's auth
-  // rule would refuse a disabled device before any later hook, with no reason)
-  if (why && device.validatePassword(e.password)) {
-    try {
-      const row = e.app.findRecordById("devices", device.id);
-      if (row.getString("error") !== why) {
-        row.set("error", why);
-        e.app.save(row);
-      }
+  // rule would refuse a disabled device before any later hook, with no reason); a wrong
+  // secret gets PocketBase's own answer, after the same single password check
+  if (!device.validatePassword(e.password)) {
+    throw new BadRequestError("Failed to authenticate.");
+  }
+  if (device.getString("error") !== why) {
+    try {  // this one column only: a whole-row save could undo a disable made meanwhile
+      e.app.db().newQuery("UPDATE devices SET error = {:error} WHERE id = {:id}")
+        .bind({ error: why, id: device.id }).execute();
     } catch (err) {
       console.warn("devices.error not written", String(err));
     }
-    throw new ForbiddenError(why);
   }
-  e.next();
+  throw new ForbiddenError(why);
 }, "devices");
 
 onRecordCreateRequest((e) => {

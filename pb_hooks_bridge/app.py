@@ -84,6 +84,7 @@ class Bridge:
         # running bridge should have been given (the control account: `cairn-bridge bootstrap`)
         operator = load_operator(cfg.layout)
         self.pb.audit_key = audit_key.read(cfg.layout) or ""
+        self.pb.read_audit_key = lambda: audit_key.read(cfg.layout)
         if not self.pb.audit_key:  # PocketBase would refuse every audit row
             raise BridgeError(f"no audit key in {cfg.layout.audit_key}: the launcher makes "
                               "it when it starts PocketBase; a bridge on another host needs "

@@ -42,6 +42,14 @@ def pb_now() -> str:
     return pb_date(time.time())
 
 
+def history_refusal(exc: PocketBaseError) -> bool:
+    """PocketBase refused a write that would rewrite a command's history
+    (pb_hooks/commands.pb.js): the row finished before this write."""
+    return exc.status == 400 and any(
+        isinstance(v, dict) and v.get("code") == "cairn_command_history"
+        for v in (exc.data or {}).values())
+
+
 def parse_date(value: str) -> float | None:
     if not value:
         return None
@@ -178,7 +186,15 @@ class CommandDispatcher:
             patch["response"] = response
         if started is not None:
             patch["duration_ms"] = round((time.perf_counter() - started) * 1000)
-        await self.writer.update("commands", row["id"], patch)
+        try:
+            await self.writer.update("commands", row["id"], patch)
+        except PocketBaseError as exc:
+            if not history_refusal(exc):
+                raise
+            # finished meanwhile (another path, another bridge): the first outcome stands
+            log.info("command already finished", extra={"id": row["id"], "status": status,
+                                                        "error": str(exc)})
+            return
         self.audit.record(f"command.{status}", row.get("tenant"), f"commands/{row['id']}",
                           {"command": row.get("command"), "device": row.get("device"),
                            "requested_by": row.get("requested_by", ""), "error": error})
@@ -198,8 +214,8 @@ class CommandDispatcher:
         rows = await self.pb.list("commands",
                                   filter=f'status = "sent" && sent_at < "{stamp}"')
         for row in rows:
-            await self._finish(row, "failed", error="outcome unknown: the bridge restarted "
-                               "while waiting for the reply (not re-sent)")
+            await self._finish_quietly(row, "failed", "outcome unknown: the bridge restarted "
+                                       "while waiting for the reply (not re-sent)")
         return len(rows)
 
     async def sweep(self) -> dict[str, int]:
@@ -211,17 +227,28 @@ class CommandDispatcher:
                                            "requested_by,status")
         for row in queued:
             if self._expired(row):
-                await self._finish(row, "expired",
-                                   error="expired before the device was reachable")
-                counts["expired"] += 1
+                if await self._finish_quietly(row, "expired",
+                                              "expired before the device was reachable"):
+                    counts["expired"] += 1
         sent = await self.pb.list("commands", filter='status = "sent"')
         for row in sent:
             started = parse_date(row.get("sent_at", "")) or 0
             waited = command_payloads.reply_timeout(row["command"], row.get("payload") or {})
             # no waiter in any live bridge can be older than its own reply timeout
             if time.time() - started > waited + 30:
-                await self._finish(row, "failed",
-                                   error="outcome unknown: the bridge stopped while waiting "
-                                   "for the reply (not re-sent)")
-                counts["unknown"] += 1
+                if await self._finish_quietly(row, "failed", "outcome unknown: the bridge "
+                                              "stopped while waiting for the reply (not "
+                                              "re-sent)"):
+                    counts["unknown"] += 1
         return counts
+
+    async def _finish_quietly(self, row: dict[str, Any], status: str, error: str) -> bool:
+        """One row of a sweep: its failure is logged and never ends the sweep (the next
+        sweep tries again)."""
+        try:
+            await self._finish(row, status, error=error)
+            return True
+        except PocketBaseError as exc:
+            log.warning("command not finished by the sweep", extra={
+                "id": row.get("id"), "status": status, "error": str(exc)})
+            return False

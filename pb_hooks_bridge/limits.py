@@ -33,8 +33,11 @@ class LimitsError(ValueError):
     """The tenant's limits JSON has an unknown key or a value of the wrong type."""
 
 
+SAFE = 2**53 - 1  # larger integers lose precision in PocketBase's JSON (and in JS)
+
+
 def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and -SAFE <= value <= SAFE
 
 
 def problems(raw: Any) -> list[str]:

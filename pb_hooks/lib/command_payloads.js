@@ -23,7 +23,12 @@ function quote(name) {
 
 function shapes() {
   const path = __hooks + "/../cairn_common/command_payloads.json";
-  return JSON.parse(toString($os.readFile(path))).commands;
+  try {
+    return JSON.parse(toString($os.readFile(path))).commands;
+  } catch (err) {  // closed, and said: nothing is checked against a missing shape
+    throw new ApiError(500, "Cairn's command shapes cannot be read from " + path + ": " +
+      String(err));
+  }
 }
 
 function range(command, key, value, rule) {

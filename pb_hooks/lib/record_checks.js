@@ -37,8 +37,9 @@ function jsonOf(raw) {
   try { return JSON.parse(text); } catch (_) { return text; }
 }
 
+// an integer PocketBase's JSON keeps exactly (limits.py: |value| <= 2**53 - 1)
 function isInteger(value) {
-  return typeof value === "number" && Number.isInteger(value);
+  return typeof value === "number" && Number.isSafeInteger(value);
 }
 
 function limitsProblems(raw) {
@@ -47,7 +48,13 @@ function limitsProblems(raw) {
     return ["limits must be a JSON object, got " + pyType(raw)];
   }
   const path = __hooks + "/../cairn_common/tenant_limits.json";
-  const spec = JSON.parse(toString($os.readFile(path)));
+  let spec;
+  try {
+    spec = JSON.parse(toString($os.readFile(path)));
+  } catch (err) {  // closed, and said
+    throw new ApiError(500, "Cairn's tenant limits cannot be read from " + path + ": " +
+      String(err));
+  }
   const known = Object.keys(spec.account).concat(Object.keys(spec.stream)).sort();
   const found = Object.keys(raw).filter((k) => !known.includes(k)).sort()
     .map((k) => "limits: unknown key " + repr(k) + " (known: " + known.join(", ") + ")");

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 
+import httpx
 import pytest
 
 from cairn_common.pocketbase import PocketBase, PocketBaseError
@@ -162,3 +163,55 @@ async def test_the_audit_log_is_append_only_even_for_a_superuser(world, admin):
         await admin.delete("audit_log", row["id"])
     assert info.value.status == 400 and "cannot be deleted" in str(info.value)
     assert (await admin.get("audit_log", row["id"]))["action"] == row["action"]
+
+
+async def test_an_audit_rows_tenant_cannot_be_cleared_nor_the_collection_touched(world, admin,
+                                                                                pb_env):
+    """The one change PocketBase itself makes (unlinking a deleted tenant) is no door for a
+    superuser to hide rows from their tenant; nor can the collection be cut down."""
+    await _finished_ping(world, admin)
+    row = (await admin.list("audit_log", filter=f'tenant = "{world["a"]["id"]}"'))[0]
+    with pytest.raises(PocketBaseError) as info:
+        await admin.update("audit_log", row["id"], {"tenant": ""})
+    assert info.value.status == 400 and "cannot be changed" in str(info.value)
+    assert (await admin.get("audit_log", row["id"]))["tenant"] == world["a"]["id"]
+    headers = {"Authorization": admin.token}
+    async with httpx.AsyncClient(base_url=pb_env.url, headers=headers, timeout=10) as http:
+        dropped = await http.delete("/api/collections/audit_log")
+        opened = await http.patch("/api/collections/audit_log", json={"listRule": ""})
+        truncated = await http.delete("/api/collections/audit_log/truncate")
+        # control: another collection's settings still change (and change back)
+        rules = (await http.get("/api/collections/rules")).json()
+        changed = await http.patch("/api/collections/rules",
+                                   json={"listRule": rules["listRule"]})
+    for resp in (dropped, opened, truncated):
+        assert resp.status_code == 400, resp.text
+    assert changed.status_code == 200, changed.text
+    assert await admin.get("audit_log", row["id"])
+
+
+async def test_results_come_with_a_final_status_and_expired_only_from_queued(world, admin):
+    client, body = _row(world, "superuser", expires_at="2099-01-01 00:00:00.000Z")
+    row = await client.create("commands", body)  # the device is offline: it stays queued
+    for patch, field in (({"response": {"status": "pong"}}, "response"),
+                         ({"completed_at": "2030-01-01 00:00:00.000Z"}, "completed_at"),
+                         ({"payload": {"x": 1}}, "payload"),
+                         ({"device": world["foreign"]["id"]}, "device")):
+        with pytest.raises(PocketBaseError) as info:
+            await admin.update("commands", row["id"], patch)
+        assert info.value.status == 400 and field in info.value.data, info.value
+    sent = await admin.update("commands", row["id"], {"status": "sent",
+                                                      "sent_at": "2030-01-01 00:00:00.000Z"})
+    with pytest.raises(PocketBaseError) as info:  # "expired" never reached the device
+        await admin.update("commands", row["id"], {"status": "expired"})
+    assert "status" in info.value.data
+    done = await admin.update("commands", sent["id"], {"status": "failed"})  # control
+    assert done["status"] == "failed"
+
+
+async def test_the_bridge_finishing_a_row_twice_keeps_the_first_outcome(world, admin, bridge):
+    row = await _finished_ping(world, admin)
+    commands = bridge.bridge.commands
+    await commands._finish(row, "failed", error="a second finish")  # no error raised
+    again = await admin.get("commands", row["id"])
+    assert again["status"] == row["status"] and again["completed_at"] == row["completed_at"]
