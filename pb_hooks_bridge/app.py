@@ -83,12 +83,6 @@ class Bridge:
         result = bootstrap(cfg.layout, make_control=False)  # idempotent; never makes keys a
         # running bridge should have been given (the control account: `cairn-bridge bootstrap`)
         operator = load_operator(cfg.layout)
-        self.pb.audit_key = audit_key.read(cfg.layout) or ""
-        self.pb.read_audit_key = lambda: audit_key.read(cfg.layout)
-        if not self.pb.audit_key:  # PocketBase would refuse every audit row
-            raise BridgeError(f"no audit key in {cfg.layout.audit_key}: the launcher makes "
-                              "it when it starts PocketBase; a bridge on another host needs "
-                              "a copy of the control plane's (mode 0600)")
         self.nc = await self._connect_sys()
         # one bridge leads, others wait here (leader.py); only the leader does anything
         if cfg.metrics_port and cfg.metrics_port not in _METRICS_SERVED:
@@ -97,6 +91,12 @@ class Bridge:
         if not await self.leadership.stand(self.nc, operator, cfg.layout, self.stopping,
                                            wait=standby):
             return
+        self.pb.audit_key = audit_key.read(cfg.layout) or ""
+        self.pb.read_audit_key = lambda: audit_key.read(cfg.layout)
+        if not self.pb.audit_key:  # PocketBase would refuse every audit row
+            raise BridgeError(f"no audit key in {cfg.layout.audit_key}: the launcher makes "
+                              "it when it starts PocketBase; a bridge on another host needs "
+                              "a copy of the control plane's (mode 0600)")
         self.leading = True
         self.started_at = time.time()  # rows "sent" before this are the old leader's
         await self._login()

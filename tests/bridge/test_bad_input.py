@@ -6,6 +6,7 @@ import pytest
 
 from cairn_common import nkey
 from cairn_common.pocketbase import PocketBase, PocketBaseError
+from pb_hooks_bridge import limits as limits_mod
 from tests.live import (
     DEVICE_PASSWORD,
     account_ready,
@@ -114,8 +115,12 @@ async def test_role_change_reissues_holders(tenant, admin, pb_env):
         ({"max_payload": -5}, "must be -1"),
     ],
 )
-async def test_bad_limits_are_reported_on_the_tenant(bridge, admin, limits, expected):
-    tenant = await new_tenant(admin, limits=limits)
-    row = await eventually(lambda: _error(admin, "tenants", tenant["id"]), 5)
-    assert expected in row["error"]
-    assert row["nats_account_public_key"] == ""
+async def test_bad_limits_are_refused_in_the_bridges_words(bridge, admin, limits, expected):
+    """PocketBase refuses them at once (pb_hooks/lib/record_checks.js) with the words the
+    bridge would write on the row (limits.py, the same cairn_common/tenant_limits.json)."""
+    with pytest.raises(PocketBaseError) as info:
+        await new_tenant(admin, limits=limits)
+    said = info.value.data["limits"]["message"].lower()  # (PocketBase capitalizes it)
+    assert expected in said and expected in "; ".join(limits_mod.problems(limits))
+    good = await account_ready(admin, await new_tenant(admin, limits={"max_connections": 50}))
+    assert good["nats_account_public_key"]  # control: good limits get an account
