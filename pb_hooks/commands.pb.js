@@ -44,6 +44,18 @@ onRecordCreateRequest((e) => {
         " is disabled: enable it before sending it commands");
     }
   }
+  // a new command is queued: its results are the bridge's to write, later
+  if (!["", "queued"].includes(rec.getString("status"))) {
+    fail("status", "cairn_command_history", "a new command is queued; the bridge moves " +
+      "it on (" + rec.getString("status") + " is not for a new command)");
+  }
+  for (const field of ["response", "sent_at", "completed_at"]) {
+    const value = toString(rec.get(field));
+    if (value !== "" && value !== "null") {
+      fail(field, "cairn_command_history", field + " is written by the bridge when the " +
+        "command is sent or finishes, not at create");
+    }
+  }
   if (words.length) {
     throw new BadRequestError("The command was not created: " + words.join("; "), errors);
   }

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cairn_common import audit_key
+from tests import factories
 from tests.factories import (
     delete_tenants,
     make_device_record,
@@ -146,14 +148,21 @@ def test_command_outside_set(
 def test_command_response_limit(
     pb_admin: httpx.Client, tenant: dict[str, Any], device: dict[str, Any]
 ) -> None:
-    """response takes up to ~2 MB (a logs dump); beyond that it is refused by name."""
-    ok = pb_admin.post(records_url("commands"), json={
-        "tenant": tenant["id"], "device": device["id"], "command": "logs",
-        "response": {"lines": "y" * 1_500_000}})
+    """response takes up to ~2 MB (a logs dump); beyond that it is refused by name. A
+    response is written when a command finishes (pb_hooks/commands.pb.js), as the bridge
+    does: sent, then finished."""
+    def finished_with(response: dict[str, Any]) -> httpx.Response:
+        row = pb_admin.post(records_url("commands"), json={
+            "tenant": tenant["id"], "device": device["id"], "command": "logs",
+            "payload": {"log_path": "/var/log/syslog"}}).json()
+        sent = pb_admin.patch(records_url("commands", row["id"]), json={"status": "sent"})
+        assert sent.status_code == 200, sent.text[:300]
+        return pb_admin.patch(records_url("commands", row["id"]),
+                              json={"status": "succeeded", "response": response})
+
+    ok = finished_with({"lines": "y" * 1_500_000})
     assert ok.status_code == 200, ok.text[:300]
-    resp = pb_admin.post(records_url("commands"), json={
-        "tenant": tenant["id"], "device": device["id"], "command": "logs",
-        "response": {"lines": TWO_MB + "y" * 200_000}})
+    resp = finished_with({"lines": TWO_MB + "y" * 200_000})
     assert_field_error(resp, "response")
 
 
@@ -178,7 +187,9 @@ def test_rule_name_unique_per_tenant(
 
 
 def test_audit_log_needs_an_action(pb_admin: httpx.Client, tenant: dict[str, Any]) -> None:
-    resp = pb_admin.post(records_url("audit_log"), json={"tenant": tenant["id"]})
+    """(With the audit key, as Cairn's components write it: without, nothing is written.)"""
+    resp = pb_admin.post(records_url("audit_log"), json={"tenant": tenant["id"]},
+                         headers={audit_key.HEADER: factories.AUDIT_KEY})
     assert_field_error(resp, "action", "validation_required")
 
 
