@@ -51,6 +51,7 @@ export function renderDevice(state, main, id) {
   async function run(command, payload) {
     const out = $("#outcome");
     out.textContent = `${command}: sending…`;
+    out.dataset.status = "";  // the last command's outcome no longer stands
     try {
       const row = await commands.create({ tenant: state.membership.tenant, device: id, command,
         payload, requested_by: me.id });

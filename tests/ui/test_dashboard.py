@@ -102,8 +102,8 @@ async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_
         assert {"echo hello", "true", "facts.py", "nap.sh"} <= set(options), options
         await page.select_option("#exec-form select", "facts.py")
         await page.get_by_role("button", name="Exec").click()
-        await page.locator("#outcome[data-status=succeeded]", has_text="exec").wait_for(
-            timeout=15000)
+        await page.locator("#outcome[data-status=succeeded]", has_text="exec: succeeded") \
+            .wait_for(timeout=15000)
         assert '"answer":42' in await page.locator("#outcome").text_content()
         await page.get_by_role("button", name="Health").click()
         badge = page.locator("#health .health")
