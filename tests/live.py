@@ -4,6 +4,7 @@ functions that drive PocketBase and NATS like a user or an agent would."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -124,6 +125,20 @@ async def new_device(admin: PocketBase, tenant: dict[str, Any], **extra: Any) ->
         "tenant": tenant["id"], "code": code, "name": code, "password": DEVICE_PASSWORD,
         "passwordConfirm": DEVICE_PASSWORD, **extra,
     })
+
+
+async def new_member(admin: PocketBase, pb_url: str, tenant: dict[str, Any],
+                     role: str) -> tuple[PocketBase, str]:
+    """A user with `role` in the tenant, logged in: (their client, their user id). The
+    caller closes the client."""
+    email, password = f"{uid(role)}@cairn.test", secrets.token_urlsafe(12) + "aA1"
+    user = await admin.create("users", {"email": email, "password": password,
+                                        "passwordConfirm": password, "name": role})
+    await admin.create("memberships", {"user": user["id"], "tenant": tenant["id"],
+                                       "role": role})
+    client = PocketBase(pb_url)
+    await client.auth_with_password("users", email, password)
+    return client, user["id"]
 
 
 async def account_ready(admin: PocketBase, tenant: dict[str, Any]) -> dict[str, Any]:

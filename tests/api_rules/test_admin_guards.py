@@ -6,28 +6,16 @@ same setup: the valid form from the same person succeeds.
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import httpx
 import pytest
 
-from cairn_common.pocketbase import PocketBase, PocketBaseError
+from cairn_common.pocketbase import PocketBaseError
 from pb_hooks_bridge.dispatch import parse_date
-from tests.live import account_ready, eventually, new_device, new_tenant, uid
+from tests.live import account_ready, eventually, new_device, new_member, new_tenant
 
 ACTORS = ("superuser", "admin", "operator")
-
-
-async def _user(admin, pb_url, tenant, role):
-    email, password = f"{uid(role)}@cairn.test", secrets.token_urlsafe(12) + "aA1"
-    user = await admin.create("users", {"email": email, "password": password,
-                                        "passwordConfirm": password, "name": role})
-    await admin.create("memberships", {"user": user["id"], "tenant": tenant["id"],
-                                       "role": role})
-    client = PocketBase(pb_url)
-    await client.auth_with_password("users", email, password)
-    return client, user["id"]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +26,8 @@ async def world(bridge, admin, pb_env):
     b = await account_ready(admin, await new_tenant(admin))
     clients = {"superuser": (admin, "")}
     for role in ("admin", "operator"):
-        clients[role] = await _user(admin, pb_env.url, a, role)
-    outsider = await _user(admin, pb_env.url, b, "operator")
+        clients[role] = await new_member(admin, pb_env.url, a, role)
+    outsider = await new_member(admin, pb_env.url, b, "operator")
     yield {"a": a, "b": b, "device": await new_device(admin, a),
            "disabled": await new_device(admin, a, status="disabled"),
            "foreign": await new_device(admin, b), "clients": clients, "outsider": outsider}

@@ -6,27 +6,19 @@ the valid form from the same person succeeds.
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from agent.credentials import register_key
 from agent.errors import EnrollmentError
 from cairn_common import nkey
-from cairn_common.pocketbase import PocketBase, PocketBaseError
-from tests.live import DEVICE_PASSWORD, account_ready, new_device, new_tenant, uid
+from cairn_common.pocketbase import PocketBaseError
+from tests.live import DEVICE_PASSWORD, account_ready, new_device, new_member, new_tenant, uid
 
 
 @pytest.fixture(scope="module")
 async def place(bridge, admin, pb_env):
     tenant = await account_ready(admin, await new_tenant(admin))
-    email, password = f"{uid('admin')}@cairn.test", secrets.token_urlsafe(12) + "aA1"
-    user = await admin.create("users", {"email": email, "password": password,
-                                        "passwordConfirm": password})
-    await admin.create("memberships", {"user": user["id"], "tenant": tenant["id"],
-                                       "role": "admin"})
-    tenant_admin = PocketBase(pb_env.url)
-    await tenant_admin.auth_with_password("users", email, password)
+    tenant_admin, _ = await new_member(admin, pb_env.url, tenant, "admin")
     yield {"tenant": tenant, "clients": {"superuser": admin, "admin": tenant_admin}}
     await tenant_admin.close()
 

@@ -4,7 +4,6 @@ queue, expiry, and never-twice across a bridge crash."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ from tests.live import (
     enrolled_agent_site,
     eventually,
     new_device,
+    new_member,
     new_tenant,
-    uid,
 )
 
 FINAL = {"succeeded", "failed", "expired"}
@@ -45,17 +44,6 @@ class Site:
             self.app = None
 
 
-async def _user(admin, pb_url, tenant, role):
-    email, password = f"{uid(role)}@cairn.test", secrets.token_urlsafe(12) + "aA1"
-    user = await admin.create("users", {"email": email, "password": password,
-                                        "passwordConfirm": password, "name": role})
-    await admin.create("memberships", {"user": user["id"], "tenant": tenant["id"],
-                                       "role": role})
-    client = PocketBase(pb_url)
-    await client.auth_with_password("users", email, password)
-    return client, user["id"]
-
-
 @pytest.fixture(scope="module")
 async def site(bridge, admin, pb_env, nats_env, tmp_path_factory):
     agent = await enrolled_agent_site(admin, pb_env.url, nats_env.url,
@@ -63,7 +51,7 @@ async def site(bridge, admin, pb_env, nats_env, tmp_path_factory):
     tenant = agent.tenant
     s = Site(tenant, agent.device, agent.directory, agent.config_path)
     for role in ("operator", "viewer"):
-        s.users[role], s.user_ids[role] = await _user(admin, pb_env.url, tenant, role)
+        s.users[role], s.user_ids[role] = await new_member(admin, pb_env.url, tenant, role)
     await s.start_agent()
     yield s
     await s.stop_agent()

@@ -46,20 +46,9 @@ async def test_ping_from_the_admin_ui(fleet, admin, pb_env, tmp_path):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = await browser.new_page(viewport={"width": 1400, "height": 900})
-        await page.goto(f"{pb_env.url}/_/")
-        await page.fill("#login_identity", pb_env.admin_email)
-        await page.fill("#login_pass", pb_env.admin_password)
-        await page.click("form[data-pb=authWithPasswordForm] button.next")
-        await page.wait_for_selector("[data-pb=mainNav]")
-        await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
-        await page.get_by_role("button", name="New record").first.click()
+        await _new_command_form(page, pb_env)
         for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
-            block = _field(page, field)
-            await block.get_by_role("button", name="Open records picker").click()
-            picker = page.locator(".records-picker-modal[data-modal-state=open]")
-            await picker.locator(".records-picker-list .list-item", has_text=label).first.click()
-            await picker.get_by_role("button", name="Set selection").click()
-            await picker.wait_for(state="detached")
+            await _pick(page, field, label)
         command = _field(page, "command")
         await command.locator(".selected-container").click()
         await command.locator(".select-option", has_text=re.compile("^ping$")).click()
@@ -107,13 +96,7 @@ async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env,
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        await page.goto(f"{pb_env.url}/_/")
-        await page.fill("#login_identity", pb_env.admin_email)
-        await page.fill("#login_pass", pb_env.admin_password)
-        await page.click("form[data-pb=authWithPasswordForm] button.next")
-        await page.wait_for_selector("[data-pb=mainNav]")
-        await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
-        await page.get_by_role("button", name="New record").first.click()
+        await _new_command_form(page, pb_env)
         for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
             await _pick(page, field, label)
         command = _field(page, "command")
@@ -138,6 +121,17 @@ async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env,
     for target in (device, foreign):
         assert not await admin.list("commands", filter=f'device = "{target["id"]}" && '
                                                       'command = "ping" && status = ""')
+
+
+async def _new_command_form(page, pb_env) -> None:
+    """Logged in to the Admin UI as the superuser, with a new commands record open."""
+    await page.goto(f"{pb_env.url}/_/")
+    await page.fill("#login_identity", pb_env.admin_email)
+    await page.fill("#login_pass", pb_env.admin_password)
+    await page.click("form[data-pb=authWithPasswordForm] button.next")
+    await page.wait_for_selector("[data-pb=mainNav]")
+    await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
+    await page.get_by_role("button", name="New record").first.click()
 
 
 async def _pick(page, field: str, label: str) -> None:
