@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     enroll = sub.add_parser("enroll", help="register this machine as a device and get creds")
     enroll.add_argument("--server", required=True, help="PocketBase URL, e.g. http://cp:8090")
+    enroll.add_argument("--tenant", default="", metavar="SLUG",
+                        help="the tenant's slug: the login is <tenant>/<code>, since codes "
+                        "are unique per tenant (needed for every device made since; only a "
+                        "device made before may log in by its bare code)")
     enroll.add_argument("--code", required=True, help="the device code an admin created")
     enroll.add_argument("--dir", type=Path, default=default_dir(),
                         help=f"where agent.yaml, the key and creds go ({default_dir()})")
@@ -99,11 +103,11 @@ def _enroll(args: argparse.Namespace) -> int:
         return 1
     secret = read_secret(args.secret_file, interactive=sys.stdin.isatty())
     request = EnrollRequest(
-        server=args.server.rstrip("/"), code=args.code, directory=args.dir,
+        server=args.server.rstrip("/"), code=args.code, tenant=args.tenant, directory=args.dir,
         nats_urls=tuple(args.nats) or default_nats_urls(args.server), secret=secret,
         timeout=args.timeout)
     path = asyncio.run(enroll(request))
-    print(f"enrolled {args.code}; config in {path}\nstart it with: cairn-agent run --config "
+    print(f"enrolled {request.login}; config in {path}\nstart it with: cairn-agent run --config "
           f"{path}")
     return 0
 

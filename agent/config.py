@@ -22,6 +22,7 @@ from cairn_common.nats_urls import NatsUrlError, parse_nats_urls
 
 _INTERNAL = frozenset({"base_dir", "local_exporters"})  # not keys of the file
 CODE_PATTERN = re.compile(r"^[a-z0-9-]{3,64}$")
+SLUG_PATTERN = re.compile(r"^[a-z0-9-]{1,63}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -56,6 +57,12 @@ DEFAULT_EXPORTERS = ("http://localhost:9100/metrics", "http://localhost:9182/met
 @dataclass(frozen=True)
 class DeviceConfig:
     code: str = ""
+    tenant: str = ""  # the tenant's slug; empty: the bare code (devices made before 1764000008)
+
+    @property
+    def login(self) -> str:
+        """The PocketBase login identity: <tenant slug>/<code> (codes are unique per tenant)."""
+        return f"{self.tenant}/{self.code}" if self.tenant else self.code
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,10 @@ def _check(config: AgentConfig, source: str) -> None:
         raise ConfigError(f"{source}: device.code is required")
     if not CODE_PATTERN.match(code):
         raise ConfigError(f"{source}: device.code {code!r} must match [a-z0-9-]{{3,64}}")
+    tenant = config.device.tenant
+    if tenant and not SLUG_PATTERN.match(tenant):
+        raise ConfigError(f"{source}: device.tenant {tenant!r} must be a tenant slug "
+                          "([a-z0-9-], at most 63)")
     if not config.nats.urls:
         raise ConfigError(f"{source}: nats.urls must list at least one server")
     if not PING_MIN <= config.nats.ping_interval <= PING_MAX:

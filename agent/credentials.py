@@ -76,23 +76,28 @@ def check_secret_files(config: AgentConfig) -> None:
         filemodes.check_private(path, what)
 
 
-async def register_key(server_url: str, code: str, secret: str, public_key: str,
+async def register_key(server_url: str, login: str, secret: str, public_key: str,
                        timeout: float = 60.0, stale: str = "") -> Issued:
     """Write our public key (and host facts) to our own device row; wait for the JWT.
+
+    `login`: <tenant slug>/<code>, or a bare code (DeviceConfig.login).
 
     `stale`: the JWT being renewed. Only a JWT newer than it is an answer (the row still
     holds the old one until the bridge has signed again)."""
     async with PocketBase(server_url) as pb:
         try:
-            record = await pb.auth_with_password("devices", code, secret)
+            record = await pb.auth_with_password("devices", login, secret)
         except PocketBaseError as exc:
             if exc.status == 403 and exc.reason:  # the control plane says why (devices.pb.js)
-                raise EnrollmentError(f"PocketBase at {server_url} refused device {code!r}: "
+                raise EnrollmentError(f"PocketBase at {server_url} refused device {login!r}: "
                                       f"{exc.reason}") from exc
             if exc.status in (400, 401, 403):
+                hint = "" if "/" in login else (
+                    "; a device made since codes are unique per tenant logs in as "
+                    f"<tenant slug>/{login}: enroll with --tenant")
                 raise EnrollmentError(
-                    f"PocketBase at {server_url} refused device {code!r}: wrong code or "
-                    "secret, or the device is disabled") from exc
+                    f"PocketBase at {server_url} refused device {login!r}: wrong tenant, "
+                    f"code or secret, or the device is disabled{hint}") from exc
             raise EnrollmentError(f"cannot reach PocketBase at {server_url}: {exc}") from exc
         try:
             await pb.update("devices", record["id"], {"nats_public_key": public_key,
@@ -116,11 +121,11 @@ async def register_key(server_url: str, code: str, secret: str, public_key: str,
             f"{last.get('status') or 'pending'!r}): is cairn-bridge running?")
 
 
-async def fetch_own_record(server_url: str, code: str, secret: str) -> dict[str, Any]:
+async def fetch_own_record(server_url: str, login: str, secret: str) -> dict[str, Any]:
     """Our device row, read as the device itself."""
     async with PocketBase(server_url) as pb:
         try:
-            record = await pb.auth_with_password("devices", code, secret)
+            record = await pb.auth_with_password("devices", login, secret)
             return await pb.get("devices", record["id"])
         except PocketBaseError as exc:
             raise EnrollmentError(f"cannot read our device row from {server_url}: {exc}") from exc
@@ -172,7 +177,7 @@ class DeviceCredentials:
 
     async def register(self, kp: nkeys.KeyPair, stale: str = "") -> None:
         """Register `kp`'s public key and store the JWT signed for it (caller holds lock)."""
-        issued = await register_key(self.config.server.url, self.config.device.code,
+        issued = await register_key(self.config.server.url, self.config.device.login,
                                     self.secret(), kp.public_key.decode(), stale=stale)
         self.store(issued.jwt, kp.seed.decode())
 

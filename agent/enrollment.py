@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -35,6 +35,11 @@ class EnrollRequest:
     nats_urls: tuple[str, ...]  # every node of the cluster; an entry may be "a,b,c"
     secret: str
     timeout: float = 60.0
+    tenant: str = ""  # the tenant's slug (needed when another tenant has the same code)
+
+    @property
+    def login(self) -> str:
+        return config_mod.DeviceConfig(code=self.code, tenant=self.tenant).login
 
 
 def read_secret(secret_file: str | None, interactive: bool) -> str:
@@ -66,6 +71,9 @@ async def enroll(req: EnrollRequest) -> Path:
     """Returns the path of agent.yaml."""
     if not config_mod.CODE_PATTERN.match(req.code):
         raise EnrollmentError(f"device code {req.code!r} must match [a-z0-9-]{{3,64}}")
+    if req.tenant and not config_mod.SLUG_PATTERN.match(req.tenant):
+        raise EnrollmentError(f"--tenant {req.tenant!r} must be a tenant slug "
+                              "([a-z0-9-], at most 63)")
     parsed = urlparse(req.server)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise EnrollmentError(f"--server {req.server!r} must be an http(s) URL")
@@ -75,7 +83,9 @@ async def enroll(req: EnrollRequest) -> Path:
         raise EnrollmentError(str(exc)) from None
     filemodes.private_dir(req.directory)
     config_path = req.directory / "agent.yaml"
-    existing = _existing_config(config_path, req.code)
+    existing = _existing_config(config_path, req)
+    if existing and existing.device.tenant and not req.tenant:
+        req = replace(req, tenant=existing.device.tenant)  # enroll again: agent.yaml knows it
     base = config_path.parent.resolve()
     seed_path = existing.path(existing.nats.seed_file) if existing else base / "agent.nk"
     creds_path = existing.path(existing.nats.creds_file) if existing else base / "agent.creds"
@@ -87,31 +97,35 @@ async def enroll(req: EnrollRequest) -> Path:
         raise EnrollmentError(f"refusing to enroll: {exc.problem}") from exc
     user = load_or_create_seed(seed_path)
     public = user.public_key.decode()
-    log.info("registering public key", extra={"device": req.code, "public_key": public})
-    issued = await register_key(req.server, req.code, req.secret, public, req.timeout)
+    log.info("registering public key", extra={"device": req.login, "public_key": public})
+    issued = await register_key(req.server, req.login, req.secret, public, req.timeout)
     write_creds(creds_path, issued.jwt, user.seed.decode())
     filemodes.write_private(secret_path, req.secret + "\n")
     if existing is None:
         filemodes.write_private(config_path, render_config(req))
+    elif req.tenant and not existing.device.tenant:  # the owner's file: not rewritten
+        log.warning("agent.yaml has no device.tenant: the agent logs in by its bare code; "
+                    f"add `tenant: {req.tenant}` under `device:` in {config_path}")
     return config_path
 
 
-def _existing_config(path: Path, code: str) -> config_mod.AgentConfig | None:
+def _existing_config(path: Path, req: EnrollRequest) -> config_mod.AgentConfig | None:
     if not path.exists():
         return None
     try:
         existing = config_mod.load(path)
     except ConfigError as exc:
         raise EnrollmentError(f"{exc}; fix or remove it, then enroll again") from exc
-    if existing.device.code != code:
-        raise EnrollmentError(f"{path} belongs to device {existing.device.code!r}, not "
-                              f"{code!r}; use another --dir")
+    held = existing.device
+    if held.code != req.code or (held.tenant and req.tenant and held.tenant != req.tenant):
+        raise EnrollmentError(f"{path} belongs to device {held.login!r}, not "
+                              f"{req.login!r}; use another --dir")
     return existing
 
 
 def render_config(req: EnrollRequest) -> str:
     doc = {
-        "device": {"code": req.code},
+        "device": {"code": req.code, **({"tenant": req.tenant} if req.tenant else {})},
         "server": {"url": req.server, "secret_file": "agent.secret"},
         "nats": {"urls": list(parse_nats_urls(req.nats_urls, "--nats")),
                  "creds_file": "agent.creds",

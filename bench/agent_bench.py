@@ -45,12 +45,13 @@ async def _device(admin: Any, tenant: dict[str, Any], code: str, stack: Any,
                   directory: Path, config: dict[str, Any] | None = None) -> Path:
     await admin.create("devices", {"tenant": tenant["id"], "code": code, "password": PASSWORD,
                                    "passwordConfirm": PASSWORD})
-    doc = {"device": {"code": code},
+    doc = {"device": {"code": code, "tenant": tenant["slug"]},
            "server": {"url": stack.settings.pb_url, "secret_file": "agent.secret"},
            "nats": {"urls": [stack.settings.nats_url]},
            "exporters": ["http://127.0.0.1:9/metrics"], **(config or {})}
     path = _write_yaml(directory, doc)
-    await enroll(EnrollRequest(server=stack.settings.pb_url, code=code, directory=directory,
+    await enroll(EnrollRequest(server=stack.settings.pb_url, code=code, tenant=tenant["slug"],
+                               directory=directory,
                                nats_urls=(stack.settings.nats_url,), secret=PASSWORD))
     return path
 

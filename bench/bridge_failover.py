@@ -32,7 +32,7 @@ async def _device(admin: Any, tenant: dict, pb_url: str, nats_url: str,
     row = await admin.create("devices", {"tenant": tenant["id"], "code": code,
                                          "password": password, "passwordConfirm": password})
     user = nkey.create("user")
-    issued = await register_key(pb_url, code, password, user.public_key.decode())
+    issued = await register_key(pb_url, row["login"], password, user.public_key.decode())
 
     async def on_closed() -> None:
         closed[code] = time.monotonic()

@@ -84,7 +84,7 @@ async def _measure(stack: BenchStack, samples: int) -> dict[str, Any]:
             "tenant": tenant["id"], "code": f"bench-{i:05d}", "password": PASSWORD,
             "passwordConfirm": PASSWORD})
         as_device = PocketBase(stack.settings.pb_url)
-        await as_device.auth_with_password("devices", device["code"], PASSWORD)
+        await as_device.auth_with_password("devices", device["login"], PASSWORD)
         user = nkey.create("user")
         public = user.public_key.decode()
         issued = watch.expect(device["id"], lambda r, p=public: bool(r.get("nats_jwt")) and

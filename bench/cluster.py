@@ -131,11 +131,13 @@ async def enrolled(rig: Rig, tenant: dict[str, Any], directory: Path,
         "tenant": tenant["id"], "code": code, "password": PASSWORD, "passwordConfirm": PASSWORD})
     urls = tuple(n.url for n in rig.nodes)
     doc = yaml.safe_dump({
-        "device": {"code": code}, "server": {"url": rig.pb_url, "secret_file": "agent.secret"},
+        "device": {"code": code, "tenant": tenant["slug"]},
+        "server": {"url": rig.pb_url, "secret_file": "agent.secret"},
         "nats": {"urls": list(urls), "ping_interval": 0.5},
         "exporters": ["http://127.0.0.1:9/metrics"], **(extra or {})})
     await asyncio.to_thread(_write, directory, doc)
-    await enroll(EnrollRequest(server=rig.pb_url, code=code, directory=directory,
+    await enroll(EnrollRequest(server=rig.pb_url, code=code, tenant=tenant["slug"],
+                               directory=directory,
                                nats_urls=urls, secret=PASSWORD))
     return device, directory
 

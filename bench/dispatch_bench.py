@@ -36,13 +36,14 @@ async def _agent(stack: BenchStack, admin: Any, tenant: dict[str, Any], code: st
     directory.mkdir(parents=True)
     path = directory / "agent.yaml"
     path.write_text(yaml.safe_dump({
-        "device": {"code": code},
+        "device": {"code": code, "tenant": tenant["slug"]},
         "server": {"url": stack.settings.pb_url, "secret_file": "agent.secret"},
         "nats": {"urls": [stack.settings.nats_url]},
         "intervals": {"system": "1h", "inventory": "24h"},
         "exporters": ["http://127.0.0.1:9/metrics"],
         "commands": {"allowed": ["true"]}}))
-    await enroll(EnrollRequest(server=stack.settings.pb_url, code=code, directory=directory,
+    await enroll(EnrollRequest(server=stack.settings.pb_url, code=code, tenant=tenant["slug"],
+                               directory=directory,
                                nats_urls=(stack.settings.nats_url,), secret=PASSWORD))
     return path
 

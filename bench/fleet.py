@@ -143,7 +143,8 @@ async def _phases(cfg: FleetConfig, target: Target, summary: dict[str, Any]) -> 
                                   "rate_per_s": round(bulk.rate, 1)}
         since = pb_date(time.time())
         enrolled, seconds = await enroll_all(
-            target.pb_url, [(c.code, c.secret) for c in bulk.created], cfg.enroll_concurrency)
+            target.pb_url, slug, [(c.code, c.secret) for c in bulk.created],
+            cfg.enroll_concurrency)
         until = pb_date(time.time() + 0.001)
         (tmp / "devices.csv").unlink()  # the secrets are no longer needed
         summary["enrollment"] = {"agents": len(enrolled), "seconds": round(seconds, 1),

@@ -305,7 +305,8 @@ async def _setup(cfg: ChaosConfig, rig: Rig, summary: dict[str, Any], work: Path
     svc_jwt, svc_seed = await service_creds(admin, tenant, svc)
     bulk = await bulk_rows(admin, slug, "sim", cfg.agents, work / "devices.csv")
     enrolled, seconds = await enroll_all(
-        rig.pb_url, [(c.code, c.secret) for c in bulk.created], cfg.enroll_concurrency)
+        rig.pb_url, slug, [(c.code, c.secret) for c in bulk.created],
+        cfg.enroll_concurrency)
     (work / "devices.csv").unlink()  # the secrets are no longer needed
     summary["tenant"] = slug
     summary["enrollment"] = {"agents": len(enrolled), "seconds": round(seconds, 1)}

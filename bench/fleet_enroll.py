@@ -102,10 +102,10 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
         setattr(owner, name, original)
 
 
-async def enroll_all(pb_url: str, rows: list[tuple[str, str]], concurrency: int
+async def enroll_all(pb_url: str, slug: str, rows: list[tuple[str, str]], concurrency: int
                      ) -> tuple[list[Enrolled], float]:
-    """Each (code, secret): a new nkey (the seed stays here), registered like the agent
-    does; returns the enrolled agents and the seconds taken."""
+    """Each (code, secret) of tenant `slug`: a new nkey (the seed stays here), registered
+    like the agent does; returns the enrolled agents and the seconds taken."""
     bar = Bar("enroll", len(rows))
     gate = asyncio.Semaphore(concurrency)
     enrolled: list[Enrolled] = []
@@ -114,7 +114,8 @@ async def enroll_all(pb_url: str, rows: list[tuple[str, str]], concurrency: int
     async def one(code: str, secret: str) -> None:
         async with gate:
             user = nkey.create("user")
-            issued = await register_key(pb_url, code, secret, user.public_key.decode(),
+            issued = await register_key(pb_url, f"{slug}/{code}", secret,
+                                        user.public_key.decode(),
                                         timeout=120)
             enrolled.append(Enrolled(code, issued.jwt, user.seed.decode()))
             bar.update(len(enrolled))

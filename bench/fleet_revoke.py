@@ -48,7 +48,7 @@ async def _probe(admin: PocketBase, tenant: dict[str, Any], pb_url: str,
     row = await admin.create("devices", {"tenant": tenant["id"], "code": code,
                                          "password": password, "passwordConfirm": password})
     user = nkey.create("user")
-    issued = await register_key(pb_url, code, password, user.public_key.decode())
+    issued = await register_key(pb_url, row["login"], password, user.public_key.decode())
     probe = Probe(row["id"], code, (issued.jwt, user.seed.decode()), servers)
 
     async def on_closed() -> None:

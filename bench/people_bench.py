@@ -57,7 +57,7 @@ async def _device(stack: BenchStack, admin: PocketBase, tenant: dict[str, Any],
     device = await admin.create("devices", {"tenant": tenant["id"], "code": f"bench-{n:05d}",
                                             "password": PASSWORD, "passwordConfirm": PASSWORD})
     async with PocketBase(stack.settings.pb_url) as as_device:
-        await as_device.auth_with_password("devices", device["code"], PASSWORD)
+        await as_device.auth_with_password("devices", device["login"], PASSWORD)
         user = nkey.create("user")
         public = user.public_key.decode()
         issued = devices.expect(device["id"], lambda r, p=public: bool(r.get("nats_jwt")) and

@@ -142,7 +142,7 @@ class Soak:
         agent_dir = private_dir(private_dir(self.data_dir / "demo") / "agent")
         write_private(private_dir(agent_dir / "scripts") / "count.sh", COUNT_SCRIPT)
         doc = {
-            "device": {"code": "demo-1"},
+            "device": {"code": "demo-1", "tenant": "demo"},
             "server": {"url": self.pb_url, "secret_file": "agent.secret"},
             "nats": {"urls": [self.nats_url], "creds_file": "agent.creds",
                      "seed_file": "agent.nk"},
@@ -272,7 +272,7 @@ class Soak:
             "passwordConfirm": PASSWORD})
         user = nkey.create("user")
         async with PocketBase(self.pb_url) as as_device:
-            await as_device.auth_with_password("devices", code, PASSWORD)
+            await as_device.auth_with_password("devices", device["login"], PASSWORD)
             await as_device.update("devices", device["id"],
                                    {"nats_public_key": user.public_key.decode()})
         row = await _until(lambda: self._issued(device["id"]), 20, f"JWT for {code}")

@@ -90,8 +90,9 @@ async def prepare(settings: StackSettings, layout: DataLayout, admin: Superuser)
             write_private(admin_creds, user["creds"])
     agent_dir = demo_dir / "agent"
     config = _agent_config(agent_dir, settings, layout)
-    await enroll(EnrollRequest(server=settings.pb_url, code=DEVICE, directory=agent_dir,
-                               nats_urls=settings.nats_urls, secret=secret))
+    await enroll(EnrollRequest(server=settings.pb_url, code=DEVICE, tenant=TENANT,
+                               directory=agent_dir, nats_urls=settings.nats_urls,
+                               secret=secret))
     return Demo(config, admin_creds, PERSON_EMAIL, person_file)
 
 
@@ -130,7 +131,7 @@ def _device_secret(secret_file: Path) -> str:
 
 
 async def _device(pb: PocketBase, tenant_id: str, secret: str, fresh: bool) -> None:
-    device = await pb.first("devices", f'code = "{DEVICE}"')
+    device = await pb.first("devices", f'tenant = "{tenant_id}" && code = "{DEVICE}"')
     if device is None:
         await pb.create("devices", {"tenant": tenant_id, "code": DEVICE,
                                     "name": "Local demo agent", "password": secret,
@@ -151,7 +152,7 @@ def _agent_config(agent_dir: Path, settings: StackSettings, layout: DataLayout) 
     path = agent_dir / "agent.yaml"
     if not path.exists():
         doc = {
-            "device": {"code": DEVICE},
+            "device": {"code": DEVICE, "tenant": TENANT},
             "server": {"url": settings.pb_url, "secret_file": "agent.secret"},
             "nats": {"urls": list(settings.nats_urls), "creds_file": "agent.creds",
                      "seed_file": "agent.nk"},

@@ -8,15 +8,25 @@
 // - a device's role must exist (global, or the device's tenant's) and be one a device may
 //   hold: the global service, viewer and router roles are for services, not machines;
 // - a device code or tenant slug that breaks its pattern is refused with the pattern named
-//   (PocketBase itself says only "Invalid value format.").
+//   (PocketBase itself says only "Invalid value format."); a code is unique in its tenant,
+//   and a device logs in as <tenant slug>/<code> (one made before codes were per tenant
+//   also by its bare code: `bare_code_login`).
 // (Handlers run in their own isolated VM: everything they use is declared inside them.)
 
 onRecordAuthWithPasswordRequest((e) => {
+  if (!e.record && e.identity.indexOf("/") < 0) {
+    // a bare code: only a device made before codes were per tenant may use it (at most one
+    // per code, pb_migrations/1764000008_device_login.js); never a pick by secret
+    try {
+      e.record = e.app.findFirstRecordByFilter("devices",
+        "code = {:code} && bare_code_login = true", { code: e.identity });
+    } catch (_) { e.record = null; }
+  }
   const device = e.record;
-  if (!device) { e.next(); return; }  // unknown code: PocketBase's own answer
+  if (!device) { e.next(); return; }  // unknown login: PocketBase's own answer
   let why = "";
   if (device.getString("status") === "disabled") {
-    why = "device " + device.getString("code") + " is disabled: an admin must set its " +
+    why = "device " + device.getString("login") + " is disabled: an admin must set its " +
       "status back before it can enroll";
   } else {
     let tenant = null;
@@ -44,6 +54,26 @@ onRecordAuthWithPasswordRequest((e) => {
   throw new ForbiddenError(why);
 }, "devices");
 
+// A device logs in as <tenant slug>/<code> (pb_migrations/1764000008_device_login.js): kept
+// in step on every write, whoever makes it (REST, batch, the Admin UI, a hook); nobody
+// grants a bare-code login by hand.
+onRecordCreate((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  e.record.set("login", check.deviceLogin(e.app, e.record));
+  e.record.set("bare_code_login", false);  // only the migration gives it
+  e.next();
+}, "devices");
+
+onRecordUpdate((e) => {
+  const check = require(`${__hooks}/lib/record_checks.js`);
+  e.record.set("login", check.deviceLogin(e.app, e.record));
+  const before = e.record.original();
+  const same = before.getString("code") === e.record.getString("code") &&
+    before.getString("tenant") === e.record.getString("tenant");
+  e.record.set("bare_code_login", same && before.getBool("bare_code_login"));
+  e.next();
+}, "devices");
+
 onRecordCreateRequest((e) => {
   const check = require(`${__hooks}/lib/record_checks.js`);
   check.refuse(check.devices(e.app, e.record, null));
@@ -58,7 +88,7 @@ onRecordUpdateRequest((e) => {
 
 onRecordCreateRequest((e) => {
   const check = require(`${__hooks}/lib/record_checks.js`);
-  check.refuse(check.tenants(e.record, null));
+  check.refuse(check.tenants(e.app, e.record, null));
   // a tenant made through the API is active unless the request says otherwise (the Admin
   // UI sends its switch either way; an inactive tenant's devices are told so at enroll)
   if (!Object.prototype.hasOwnProperty.call(e.requestInfo().body || {}, "active")) {
@@ -69,6 +99,6 @@ onRecordCreateRequest((e) => {
 
 onRecordUpdateRequest((e) => {
   const check = require(`${__hooks}/lib/record_checks.js`);
-  check.refuse(check.tenants(e.record, Object.keys(e.requestInfo().body || {})));
+  check.refuse(check.tenants(e.app, e.record, Object.keys(e.requestInfo().body || {})));
   e.next();
 }, "tenants");

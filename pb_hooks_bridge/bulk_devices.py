@@ -71,7 +71,6 @@ class BulkResult:
     tenant: str
     created: list[Created] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already existed (in this tenant)
-    foreign: list[str] = field(default_factory=list)  # exist in another tenant: untouched
     seconds: float = 0.0
 
     @property
@@ -84,9 +83,6 @@ class BulkResult:
                 "existing")
         if self.skipped:
             text += f" (e.g. {', '.join(self.skipped[:3])})"
-        if self.foreign:
-            text += (f"; {len(self.foreign)} codes belong to another tenant and were left "
-                     f"alone (e.g. {', '.join(self.foreign[:3])})")
         return text
 
 
@@ -205,14 +201,15 @@ async def find_tenant(pb: PocketBase, slug: str) -> dict[str, Any]:
     return tenant
 
 
-async def existing_codes(pb: PocketBase, codes: list[str]) -> dict[str, str]:
-    """code -> tenant id, for the codes that already exist anywhere."""
-    found: dict[str, str] = {}
+async def existing_codes(pb: PocketBase, tenant_id: str, codes: list[str]) -> set[str]:
+    """The codes the tenant already has (codes are unique per tenant, not across tenants)."""
+    found: set[str] = set()
     for i in range(0, len(codes), LOOKUP_CHUNK):
         part = codes[i:i + LOOKUP_CHUNK]
-        query = " || ".join(f"code = {json.dumps(c)}" for c in part)
-        for row in await pb.list("devices", filter=query, fields="code,tenant"):
-            found[row["code"]] = row["tenant"]
+        either = " || ".join(f"code = {json.dumps(c)}" for c in part)
+        query = f"tenant = {json.dumps(tenant_id)} && ({either})"
+        found.update(row["code"] for row in await pb.list("devices", filter=query,
+                                                          fields="code"))
     return found
 
 
@@ -267,9 +264,8 @@ async def create_devices(pb: PocketBase, req: BulkRequest,
     chunk = max(1, min(req.chunk, limit))
     tenant = await find_tenant(pb, req.tenant)
     result = BulkResult(req.tenant)
-    found = await existing_codes(pb, req.codes)
-    result.skipped = [c for c in req.codes if found.get(c) == tenant["id"]]
-    result.foreign = [c for c in req.codes if c in found and found[c] != tenant["id"]]
+    found = await existing_codes(pb, tenant["id"], req.codes)
+    result.skipped = [c for c in req.codes if c in found]
     todo = [c for c in req.codes if c not in found]
     total = len(req.codes)
     gate = asyncio.Semaphore(max(1, req.concurrency))
@@ -279,7 +275,7 @@ async def create_devices(pb: PocketBase, req: BulkRequest,
         async with gate:
             await _create_chunk(pb, tenant["id"], part, req.name_prefix, result)
             if progress is not None:
-                progress(len(result.created), len(result.skipped) + len(result.foreign),
+                progress(len(result.created), len(result.skipped),
                          total, time.perf_counter() - t0)
 
     tasks = [asyncio.create_task(one(todo[i:i + chunk])) for i in range(0, len(todo), chunk)]

@@ -171,7 +171,8 @@ def make_device_record(
 
 
 def device_login(admin: httpx.Client, record: dict[str, Any], password: str) -> Principal:
-    return _principal(str(admin.base_url), DEVICES, record["code"], password)
+    identity = record.get("login") or record["code"]  # <tenant slug>/<code> since 1764000008
+    return _principal(str(admin.base_url), DEVICES, identity, password)
 
 
 def make_device(admin: httpx.Client, tenant_id: str, **fields: Any) -> Principal:

@@ -28,9 +28,10 @@ DEVICE_PASSWORD = "enroll-secret-123"
 SCRIPT_SLEEP = "#!/bin/sh\nsleep \"$1\"\necho slept\n"
 
 
-def write_agent_config(directory: Path, code: str, pb_url: str, nats_url: str) -> Path:
+def write_agent_config(directory: Path, code: str, pb_url: str, nats_url: str,
+                       tenant: str = "") -> Path:
     """An agent.yaml for tests: fast heartbeat, a scripts dir (nap.sh, facts.py, canary.sh),
-    a log file, and a small whitelist."""
+    a log file, and a small whitelist. `tenant`: the slug (the login is <tenant>/<code>)."""
     scripts = directory / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
     scripts.chmod(0o755)  # the agent refuses a scripts dir others may write (any umask)
@@ -40,7 +41,7 @@ def write_agent_config(directory: Path, code: str, pb_url: str, nats_url: str) -
     log = directory / "app.log"
     log.write_text("".join(f"line {i}\n" for i in range(500)))
     doc = {
-        "device": {"code": code},
+        "device": {"code": code, **({"tenant": tenant} if tenant else {})},
         "server": {"url": pb_url, "secret_file": "agent.secret"},
         "nats": {"urls": [nats_url]},
         "intervals": {"heartbeat": 1, "system": 3600, "inventory": 3600},
@@ -165,7 +166,7 @@ async def enroll(pb_url: str, admin: PocketBase, device: dict[str, Any],
     user = user or nkey.create("user")
     public = user.public_key.decode()
     async with PocketBase(pb_url) as as_device:
-        await as_device.auth_with_password("devices", device["code"], DEVICE_PASSWORD)
+        await as_device.auth_with_password("devices", device["login"], DEVICE_PASSWORD)
         await as_device.update("devices", device["id"], {"nats_public_key": public})
 
     async def issued() -> dict[str, Any] | None:
@@ -210,7 +211,9 @@ async def enrolled_agent_site(admin: PocketBase, pb_url: str, nats_url: str, dir
 
     tenant = await account_ready(admin, await new_tenant(admin, **tenant_extra))
     device = await new_device(admin, tenant)
-    config_path = write_agent_config(directory, device["code"], pb_url, nats_url)
-    await enroll(EnrollRequest(server=pb_url, code=device["code"], directory=directory,
-                               nats_urls=(nats_url,), secret=DEVICE_PASSWORD))
+    config_path = write_agent_config(directory, device["code"], pb_url, nats_url,
+                                     tenant["slug"])
+    await enroll(EnrollRequest(server=pb_url, code=device["code"], tenant=tenant["slug"],
+                               directory=directory, nats_urls=(nats_url,),
+                               secret=DEVICE_PASSWORD))
     return AgentSite(tenant, device, directory, config_path)

@@ -23,7 +23,7 @@ from cairn_stack.pocketbase import (
     start_pocketbase,
     upsert_superuser,
 )
-from cairn_stack.processes import free_port
+from cairn_stack.processes import ProcessError, free_port
 from tests.factories import (
     create,
     make_audit,
@@ -191,7 +191,8 @@ def test_migration_files_are_ours() -> None:
     assert MIGRATIONS == ["1764000000_collections.js", "1764000001_seed_roles.js",
                           "1764000002_command_dispatch.js", "1764000003_security.js",
                           "1764000004_device_secret_cost.js", "1764000005_router_throttle.js",
-                          "1764000006_people.js", "1764000007_command_guards.js"]
+                          "1764000006_people.js", "1764000007_command_guards.js",
+                          "1764000008_device_login.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -234,7 +235,7 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
 
         devices = collections["devices"]
         assert devices["type"] == "auth"
-        assert devices["passwordAuth"] == {"enabled": True, "identityFields": ["code"]}
+        assert devices["passwordAuth"] == {"enabled": True, "identityFields": ["login"]}
         assert devices["authRule"] == 'status != "disabled"'
         email = next(f for f in devices["fields"] if f["name"] == "email")
         assert email["required"] is False
@@ -298,6 +299,14 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-6: one code index for all tenants again, and devices log in by code
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[8]}" in out
+    with closing(_db(layout)) as db:
+        auth, indexes = db.execute("SELECT options, indexes FROM _collections "
+                                   "WHERE name = 'devices'").fetchone()
+    assert json.loads(auth)["passwordAuth"]["identityFields"] == ["code"]
+    assert "idx_cairn_devices_code`" in indexes and "login" not in indexes
     # down #-5: the command create rule ties the device's tenant to the row's again
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[7]}" in out
@@ -358,6 +367,52 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
     assert ours <= collection_names(layout)
     assert global_role_names(layout) == sorted(GLOBAL_ROLES)
     assert users_create_rule(layout) is None
+
+
+def test_existing_devices_get_their_login_and_down_refuses_shared_codes(
+        layout: DataLayout) -> None:
+    run_pb_command(layout, "migrate", "up")
+    with serving(layout) as admin:  # `serve` applies pending migrations, so rows come first
+        tenant = make_tenant(admin)
+        old, password = make_device_record(admin, tenant["id"])
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")  # back before 1764000008
+    assert f"Reverted {MIGRATIONS[8]}" in out
+    with closing(_db(layout)) as db:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
+    assert "login" not in columns and "bare_code_login" not in columns and "code" in columns
+    out = run_pb_command(layout, "migrate", "up")
+    assert f"Applied {MIGRATIONS[8]}" in out
+    with closing(_db(layout)) as db:
+        login, bare = db.execute("SELECT login, bare_code_login FROM devices WHERE id = ?",
+                                 (old["id"],)).fetchone()
+    assert login == f"{tenant['slug']}/{old['code']}" and bare == 1
+
+    def log_in(admin, identity: str) -> str:
+        resp = admin.post("/api/collections/devices/auth-with-password",
+                          json={"identity": identity, "password": password})
+        return resp.json()["record"]["id"] if resp.status_code == 200 else ""
+
+    with serving(layout) as admin:
+        assert log_in(admin, login) == old["id"]  # the old device logs in as <slug>/<code>
+        assert log_in(admin, old["code"]) == old["id"]  # ... and still by its bare code
+        # another tenant makes the same code (now allowed), even with the same secret: the
+        # bare code still opens only the old device, the new one only by its login
+        other = make_tenant(admin)
+        new, _ = make_device_record(admin, other["id"], password=password, code=old["code"])
+        assert new["bare_code_login"] is False
+        assert log_in(admin, old["code"]) == old["id"]
+        assert log_in(admin, new["login"]) == new["id"]
+        # a new code is a new device to its agent: the bare-code login goes with the old one
+        moved = admin.patch(f"/api/collections/devices/records/{old['id']}",
+                            json={"code": "renamed-1"})
+        assert moved.status_code == 200 and moved.json()["bare_code_login"] is False
+        assert log_in(admin, "renamed-1") == ""
+        assert log_in(admin, f"{tenant['slug']}/renamed-1") == old["id"]
+        admin.patch(f"/api/collections/devices/records/{old['id']}", json={"code": old["code"]})
+    with pytest.raises(ProcessError) as refused:
+        run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"device codes are shared by tenants ({old['code']})" in str(refused.value)
+    assert MIGRATIONS[8] in applied(layout)
 
 
 def test_seed_is_idempotent_when_history_is_lost(layout: DataLayout) -> None:

@@ -94,11 +94,17 @@ function touches(sent, field) {
 
 // -> { field: message } of a tenant about to be written (`sent`: the update's keys, or
 // null for a create)
-function tenants(record, sent) {
+function tenants(app, record, sent) {
   const errors = {};
   const slug = record.getString("slug");
   if (touches(sent, "slug") && slug !== "" && !PATTERNS.slug.re.test(slug)) {
     errors.slug = "slug " + repr(slug) + " must match " + PATTERNS.slug.says;
+  } else if (sent !== null && sent.includes("slug")) {
+    const before = record.original().getString("slug");
+    if (before !== slug && countOf(app, "devices", "tenant = {:id}", { id: record.id }) > 0) {
+      errors.slug = "slug cannot change while tenant " + before + " has devices: they log " +
+        "in as " + before + "/<code> (move or delete them first)";
+    }
   }
   const found = touches(sent, "limits") ? limitsProblems(jsonOf(record.get("limits"))) : [];
   if (found.length) errors.limits = found.join("; ");
@@ -109,12 +115,18 @@ function tenants(record, sent) {
 function devices(app, record, sent) {
   const errors = {};
   const code = record.getString("code");
+  const tenant = record.getString("tenant");
   if (touches(sent, "code") && code !== "" && !PATTERNS.code.re.test(code)) {
     errors.code = "code " + repr(code) + " must match " + PATTERNS.code.says;
+  } else if ((touches(sent, "code") || touches(sent, "tenant")) && code !== "" &&
+      countOf(app, "devices", "tenant = {:tenant} && code = {:code} && id != {:id}",
+        { tenant: tenant, code: code, id: record.id }) > 0) {
+    errors.code = { code: "validation_not_unique", message: "code " + repr(code) +
+      " is already used in tenant " + slugOf(app, tenant) +
+      " (codes are unique in a tenant; another tenant may have it)" };
   }
   const role = record.getString("role");
   if (touches(sent, "role") && role !== "") {
-    const tenant = record.getString("tenant");
     let rows = [];
     try {
       rows = app.findRecordsByFilter("nats_roles", "name = {:name} && (tenant = '' || " +
@@ -138,13 +150,42 @@ function devices(app, record, sent) {
   return errors;
 }
 
+function countOf(app, collection, filter, params) {
+  try {
+    return app.findRecordsByFilter(collection, filter, "", 1, 0, params).length;
+  } catch (_) {
+    return 0;
+  }
+}
+
+function slugOf(app, tenantId) {
+  try {
+    return app.findRecordById("tenants", tenantId).getString("slug");
+  } catch (_) {
+    return "";
+  }
+}
+
+// A device's login identity: <tenant slug>/<code> (empty without a tenant, which PocketBase
+// then refuses as a missing relation).
+function deviceLogin(app, record) {
+  const slug = slugOf(app, record.getString("tenant"));
+  return slug ? slug + "/" + record.getString("code") : "";
+}
+
+
 // Throws PocketBase's 400 with each message under its field (the Admin UI shows them there).
 function refuse(errors) {
   const fields = Object.keys(errors);
   if (!fields.length) return;
+  // an entry is its message, or { code, message } to keep PocketBase's own error code
+  const said = (f) => (typeof errors[f] === "string" ? errors[f] : errors[f].message);
   const data = {};
-  for (const f of fields) data[f] = new ValidationError("cairn_" + f, errors[f]);
-  throw new BadRequestError(fields.map((f) => errors[f]).join("; "), data);
+  for (const f of fields) {
+    const code = typeof errors[f] === "string" ? "cairn_" + f : errors[f].code;
+    data[f] = new ValidationError(code, said(f));
+  }
+  throw new BadRequestError(fields.map(said).join("; "), data);
 }
 
-module.exports = { tenants, devices, refuse, limitsProblems };
+module.exports = { tenants, devices, deviceLogin, refuse, limitsProblems };

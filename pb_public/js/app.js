@@ -13,6 +13,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   pb, memberships: [], membership: null, nc: null, role: "", latest: new Map(),
   listeners: new Set(), cleanup: null, alerts: [], onAlert: null,
+  // a device page of another of the person's tenants switches to it (device.js): its
+  // telemetry and history come over that tenant's NATS account, matched by code
+  switchTenant: (id) => { $("tenant").value = id; chooseTenant(id); },
 };
 
 function setBus(text, up) {

@@ -138,6 +138,17 @@ export function renderDevice(state, main, id) {
 
   pb.collection("devices").getOne(id).then((device) => {
     if (!alive) return;
+    if (device.tenant !== state.membership.tenant) {
+      // codes are unique per tenant only: the chosen tenant's bus would show its own
+      // device of this code, so the page follows the device's tenant
+      if (!state.memberships.some((m) => m.tenant === device.tenant)) {
+        main.innerHTML = "<p>This device belongs to a tenant you are not a member of.</p>";
+        return;
+      }
+      main.innerHTML = "<p>Switching to the device's tenant…</p>";
+      state.switchTenant(device.tenant);
+      return;
+    }
     code = device.code;
     const buttons = canCommand(state) ? `
       <div class="actions" id="actions">

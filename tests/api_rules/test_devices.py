@@ -119,7 +119,7 @@ def test_device_cannot_change_anything_else(
     assert resp.status_code == 404, resp.text
     assert world.get("devices", self_device.id) == before
     if "password" in body:  # unchanged password; the token (tokenKey) still works
-        assert login(str(world.admin.base_url), "devices", self_device.record["code"],
+        assert login(str(world.admin.base_url), "devices", self_device.record["login"],
                      self_device.password).status_code == 200
         assert self_device.client.get(records_url("devices", self_device.id)).status_code \
             == 200
@@ -238,17 +238,17 @@ def test_manager_of_another_tenant_cannot_set_roles(world: World,
 
 def test_disabled_device_cannot_authenticate(world: World) -> None:
     record, password = make_device_record(world.admin, world.a["id"], status="disabled")
-    resp = login(str(world.admin.base_url), "devices", record["code"], password)
+    resp = login(str(world.admin.base_url), "devices", record["login"], password)
     assert resp.status_code == 403  # the authRule refuses; the password was right
     assert "token" not in resp.json()
 
 
 def test_pending_device_can_authenticate(world: World) -> None:
     record, password = make_device_record(world.admin, world.a["id"])  # status empty
-    assert login(str(world.admin.base_url), "devices", record["code"], password).status_code \
+    assert login(str(world.admin.base_url), "devices", record["login"], password).status_code \
         == 200
     record, password = make_device_record(world.admin, world.a["id"], status="pending")
-    assert login(str(world.admin.base_url), "devices", record["code"], password).status_code \
+    assert login(str(world.admin.base_url), "devices", record["login"], password).status_code \
         == 200
 
 
@@ -262,7 +262,7 @@ def test_disabling_cuts_off_an_issued_token(world: World, fresh_device: Principa
     assert list_ids(c, "devices") == set()
     assert c.patch(url, json={"hostname": "still-here"}).status_code == 404
     assert world.get("devices", fresh_device.id)["hostname"] == ""
-    assert login(str(world.admin.base_url), "devices", fresh_device.record["code"],
+    assert login(str(world.admin.base_url), "devices", fresh_device.record["login"],
                  fresh_device.password).status_code == 403
 
 

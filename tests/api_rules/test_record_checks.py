@@ -90,11 +90,11 @@ async def test_a_disabled_device_fails_to_enroll_at_once_saying_why(place, admin
     device = await new_device(admin, place["tenant"], status="disabled")
     key = nkey.create("user").public_key.decode()
     with pytest.raises(EnrollmentError) as info:
-        await register_key(pb_env.url, device["code"], DEVICE_PASSWORD, key, timeout=5)
-    assert f"device {device['code']} is disabled" in str(info.value).lower()
+        await register_key(pb_env.url, device["login"], DEVICE_PASSWORD, key, timeout=5)
+    assert f"device {device['login']} is disabled" in str(info.value).lower()
     assert "is disabled" in (await admin.get("devices", device["id"]))["error"]
     await admin.update("devices", device["id"], {"status": "pending", "error": ""})
-    issued = await register_key(pb_env.url, device["code"], DEVICE_PASSWORD, key, timeout=15)
+    issued = await register_key(pb_env.url, device["login"], DEVICE_PASSWORD, key, timeout=15)
     assert issued.jwt  # control: enabled again, it enrolls
 
 
@@ -103,9 +103,9 @@ async def test_a_device_of_an_inactive_tenant_fails_to_enroll_saying_why(bridge,
     device = await new_device(admin, tenant)
     key = nkey.create("user").public_key.decode()
     with pytest.raises(EnrollmentError) as info:
-        await register_key(pb_env.url, device["code"], DEVICE_PASSWORD, key, timeout=5)
+        await register_key(pb_env.url, device["login"], DEVICE_PASSWORD, key, timeout=5)
     assert f"tenant {tenant['slug']} is inactive" in str(info.value).lower()
     assert "is inactive" in (await admin.get("devices", device["id"]))["error"]
     with pytest.raises(EnrollmentError) as info:  # a wrong secret is told as before
-        await register_key(pb_env.url, device["code"], "wrong-secret-123", key, timeout=5)
-    assert "wrong code or secret" in str(info.value)
+        await register_key(pb_env.url, device["login"], "wrong-secret-123", key, timeout=5)
+    assert "wrong tenant, code or secret" in str(info.value)

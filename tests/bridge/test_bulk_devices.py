@@ -71,7 +71,8 @@ async def test_creates_rows_whose_secrets_enroll_a_real_device(tenant, admin, pb
 
     # positive control: the secret enrolls a device through PocketBase and the bridge
     user = nkey.create("user")
-    issued = await register_key(pb_env.url, rows[0]["code"], rows[0]["secret"],
+    issued = await register_key(pb_env.url, f"{rows[0]['tenant']}/{rows[0]['code']}",
+                                rows[0]["secret"],
                                 user.public_key.decode(), timeout=15)
     assert natsjwt.decode(issued.jwt)["sub"] == user.public_key.decode()
     nc = await connect(nats_env.url, issued.jwt, user.seed.decode())
@@ -79,7 +80,8 @@ async def test_creates_rows_whose_secrets_enroll_a_real_device(tenant, admin, pb
     # ... and a secret is this device's only: another row's secret does not log it in
     async with PocketBase(pb_env.url) as pb:
         with pytest.raises(PocketBaseError) as refused:
-            await pb.auth_with_password("devices", rows[1]["code"], rows[2]["secret"])
+            await pb.auth_with_password("devices", f"{tenant['slug']}/{rows[1]['code']}",
+                                        rows[2]["secret"])
     assert refused.value.status == 400
 
     # the same CSV again: refused, file untouched, no rows made
@@ -108,7 +110,8 @@ async def test_existing_codes_are_skipped_not_failed(tenant, admin, pb_env, nats
     assert [r["code"] for r in _rows(tmp_path / "b.csv")] == [f"{prefix}-new1", f"{prefix}-new2"]
     # the existing rows keep their secrets
     async with PocketBase(pb_env.url) as pb:
-        await pb.auth_with_password("devices", f"{prefix}-00001", old[f"{prefix}-00001"])
+        await pb.auth_with_password("devices", f"{tenant['slug']}/{prefix}-00001",
+                                    old[f"{prefix}-00001"])
     # --force replaces the CSV (still 0600)
     forced = await asyncio.to_thread(
         _cli, pb_env, nats_env, "--tenant", tenant["slug"], "--prefix", uid("f"), "--count",
@@ -118,16 +121,32 @@ async def test_existing_codes_are_skipped_not_failed(tenant, admin, pb_env, nats
     assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o600
 
 
-async def test_codes_of_another_tenant_are_left_alone(tenant, admin, pb_env, tmp_path):
+async def test_a_code_of_another_tenant_is_made_here_too_and_each_logs_in(tenant, admin,
+                                                                          pb_env, tmp_path):
     other = await account_ready(admin, await new_tenant(admin))
     prefix = uid("cross")
-    await create_devices(admin, BulkRequest(other["slug"], [f"{prefix}-1a"], tmp_path / "o.csv"))
-    result = await create_devices(admin, BulkRequest(
+    theirs = await create_devices(admin, BulkRequest(other["slug"], [f"{prefix}-1a"],
+                                                     tmp_path / "o.csv"))
+    ours = await create_devices(admin, BulkRequest(
         tenant["slug"], [f"{prefix}-1a", f"{prefix}-2b"], tmp_path / "t.csv"))
-    assert [c.code for c in result.created] == [f"{prefix}-2b"]
-    assert result.foreign == [f"{prefix}-1a"] and "another tenant" in result.line()
-    row = await admin.first("devices", f'code = "{prefix}-1a"')
-    assert row["tenant"] == other["id"]
+    assert [c.code for c in ours.created] == [f"{prefix}-1a", f"{prefix}-2b"]
+    assert ours.skipped == []
+    rows = await admin.list("devices", filter=f'code = "{prefix}-1a"', fields="tenant,login")
+    assert sorted(r["login"] for r in rows) == sorted(
+        [f"{other['slug']}/{prefix}-1a", f"{tenant['slug']}/{prefix}-1a"])
+    # each secret opens its own tenant's device, by <tenant>/<code> (and not the other's)
+    async with PocketBase(pb_env.url) as pb:
+        mine = await pb.auth_with_password("devices", f"{tenant['slug']}/{prefix}-1a",
+                                           ours.created[0].secret)
+        assert mine["tenant"] == tenant["id"]
+        with pytest.raises(PocketBaseError) as refused:
+            await pb.auth_with_password("devices", f"{tenant['slug']}/{prefix}-1a",
+                                        theirs.created[0].secret)
+        assert refused.value.status == 400
+    # the same run again skips both: they exist in this tenant now
+    again = await create_devices(admin, BulkRequest(
+        tenant["slug"], [f"{prefix}-1a", f"{prefix}-2b"], tmp_path / "t2.csv"))
+    assert again.created == [] and again.skipped == [f"{prefix}-1a", f"{prefix}-2b"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

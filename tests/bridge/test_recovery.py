@@ -19,7 +19,7 @@ from tests.live import (
 
 async def _write_key(pb_url: str, device: dict, public_key: str) -> None:
     async with PocketBase(pb_url) as as_device:
-        await as_device.auth_with_password("devices", device["code"], DEVICE_PASSWORD)
+        await as_device.auth_with_password("devices", device["login"], DEVICE_PASSWORD)
         await as_device.update("devices", device["id"], {"nats_public_key": public_key})
 
 

@@ -51,7 +51,7 @@ async def test_a_device_writing_its_key_in_a_loop_cannot_resist_a_disable(tenant
     stop, going = asyncio.Event(), asyncio.Event()
     writes = 0
     as_device = PocketBase(pb_env.url)
-    await as_device.auth_with_password("devices", device["code"], DEVICE_PASSWORD)
+    await as_device.auth_with_password("devices", device["login"], DEVICE_PASSWORD)
 
     async def spam():
         nonlocal writes

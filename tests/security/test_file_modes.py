@@ -277,6 +277,7 @@ async def test_enroll_refuses_to_reuse_a_loose_seed(bridge, admin, pb_env, nats_
     os.chmod(seed, 0o644)
     os.chmod(site.directory, 0o755)
     request = EnrollRequest(server=pb_env.url, code=site.device["code"],
+                            tenant=site.tenant["slug"],
                             directory=site.directory, nats_urls=(nats_env.url,),
                             secret=DEVICE_PASSWORD)
     refused = f"refusing to enroll: {re.escape(str(seed))} .*chmod 600"

@@ -71,8 +71,10 @@ async def arena(bridge, admin, pb_env, nats_env, tmp_path_factory):
     # Z: enrolled the way the agent does it, its agent not started (offline)
     a.z = await new_device(admin, a.tenant)
     a.z_dir = tmp_path_factory.mktemp("forged-z")
-    a.z_config = write_agent_config(a.z_dir, a.z["code"], pb_env.url, nats_env.url)
+    a.z_config = write_agent_config(a.z_dir, a.z["code"], pb_env.url, nats_env.url,
+                                    a.tenant["slug"])
     await agent_enroll(EnrollRequest(server=pb_env.url, code=a.z["code"], directory=a.z_dir,
+                                     tenant=a.tenant["slug"],
                                      nats_urls=(nats_env.url,), secret=DEVICE_PASSWORD))
     x = await enroll(pb_env.url, admin, await new_device(admin, a.tenant))
     a.x = x.device

@@ -171,7 +171,7 @@ async def test_bridge_refuses_a_wide_device_role(tenant, admin, pb_env):
 
 async def _register_key(pb_env, device) -> None:
     async with PocketBase(pb_env.url) as as_device:
-        await as_device.auth_with_password("devices", device["code"], DEVICE_PASSWORD)
+        await as_device.auth_with_password("devices", device["login"], DEVICE_PASSWORD)
         await as_device.update("devices", device["id"], {
             "nats_public_key": nkey.create("user").public_key.decode()})
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,18 @@ from tests.live import (
     enrolled_agent_site,
     eventually,
 )
+from tests.ui.admin_ui_steps import (
+    ARGS,
+    CHROMIUM,
+    DOCS_IMG,
+    choose,
+    needs_chromium,
+    new_record_form,
+    pick,
+)
+from tests.ui.admin_ui_steps import field as _field
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary (apt-get install chromium); CI installs it")
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -46,12 +48,10 @@ async def test_ping_from_the_admin_ui(fleet, admin, pb_env, tmp_path):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = await browser.new_page(viewport={"width": 1400, "height": 900})
-        await _new_command_form(page, pb_env)
+        await new_record_form(page, pb_env, "commands")
         for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
-            await _pick(page, field, label)
-        command = _field(page, "command")
-        await command.locator(".selected-container").click()
-        await command.locator(".select-option", has_text=re.compile("^ping$")).click()
+            await pick(page, field, label)
+        await choose(page, "command", "ping")
         await page.screenshot(path=str(shots / "admin-ui-new-command.png"))
         await page.get_by_role("button", name="Create", exact=True).click()
 
@@ -77,11 +77,6 @@ async def test_ping_from_the_admin_ui(fleet, admin, pb_env, tmp_path):
     assert (shots / "admin-ui-command-succeeded.png").stat().st_size > 10_000
 
 
-def _field(page, name: str):
-    label = page.locator("label", has_text=re.compile(f"^{name}"))
-    return page.locator(".record-field-input").filter(has=label)
-
-
 async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env, tmp_path):
     """A payload that does not fit, and another tenant's device, are refused in the form
     with the reason under the field (pb_hooks/commands.pb.js); nothing is stored."""
@@ -96,12 +91,10 @@ async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env,
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        await _new_command_form(page, pb_env)
+        await new_record_form(page, pb_env, "commands")
         for field, label in (("tenant", tenant["name"]), ("device", device["code"])):
-            await _pick(page, field, label)
-        command = _field(page, "command")
-        await command.locator(".selected-container").click()
-        await command.locator(".select-option", has_text=re.compile("^ping$")).click()
+            await pick(page, field, label)
+        await choose(page, "command", "ping")
         editor = _field(page, "payload").locator(".code-editor-content").first
         await editor.click()
         await page.keyboard.press("Control+A")
@@ -113,7 +106,7 @@ async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env,
         await editor.click()
         await page.keyboard.press("Control+A")
         await page.keyboard.type("{}")
-        await _pick(page, "device", foreign["code"])
+        await pick(page, "device", foreign["code"])
         await page.get_by_role("button", name="Create", exact=True).click()
         await page.get_by_text(
             re.compile("not one of the command's tenant's devices", re.I)).first.wait_for()
@@ -121,23 +114,3 @@ async def test_the_admin_ui_shows_why_a_command_is_refused(fleet, admin, pb_env,
     for target in (device, foreign):
         assert not await admin.list("commands", filter=f'device = "{target["id"]}" && '
                                                       'command = "ping" && status = ""')
-
-
-async def _new_command_form(page, pb_env) -> None:
-    """Logged in to the Admin UI as the superuser, with a new commands record open."""
-    await page.goto(f"{pb_env.url}/_/")
-    await page.fill("#login_identity", pb_env.admin_email)
-    await page.fill("#login_pass", pb_env.admin_password)
-    await page.click("form[data-pb=authWithPasswordForm] button.next")
-    await page.wait_for_selector("[data-pb=mainNav]")
-    await page.goto(f"{pb_env.url}/_/#/collections?collection=commands")
-    await page.get_by_role("button", name="New record").first.click()
-
-
-async def _pick(page, field: str, label: str) -> None:
-    block = _field(page, field)
-    await block.get_by_role("button", name="Open records picker").click()
-    picker = page.locator(".records-picker-modal[data-modal-state=open]")
-    await picker.locator(".records-picker-list .list-item", has_text=label).first.click()
-    await picker.get_by_role("button", name="Set selection").click()
-    await picker.wait_for(state="detached")

@@ -13,9 +13,9 @@ import yaml
 
 from agent import config as config_mod
 from agent.app import AgentApp
-from tests.live import enrolled_agent_site
+from tests.live import account_ready, enrolled_agent_site, new_device, new_tenant
 from tests.people.world import new_person
-from tests.ui.test_admin_ui import ARGS, CHROMIUM, DOCS_IMG
+from tests.ui.admin_ui_steps import ARGS, CHROMIUM, DOCS_IMG
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium binary (apt-get install chromium); CI installs it")
@@ -121,6 +121,36 @@ async def test_a_person_sees_the_fleet_live_and_pings_a_device(fleet, admin, pb_
     rows = await admin.list("commands", filter=f'device = "{device["id"]}"')
     assert {r["requested_by"] for r in rows} == {operator.user["id"]}  # through rows
     assert sorted(r["command"] for r in rows) == ["exec", "health", "ping"]
+
+
+async def test_a_device_page_follows_the_devices_tenant(fleet, admin, pb_env, nats_env):
+    """Codes are unique per tenant only: a person of two tenants that both have `code` who
+    opens the other tenant's device must see that device over that tenant's bus, not the
+    chosen tenant's device of the same code."""
+    from playwright.async_api import async_playwright
+
+    tenant, device = fleet
+    other = await account_ready(admin, await new_tenant(admin, name="Other Co"))
+    twin = await new_device(admin, other, code=device["code"])
+    person = await new_person(admin, tenant, "operator")
+    await admin.create("memberships", {"user": person.user["id"], "tenant": other["id"],
+                                       "role": "viewer"})
+    url = _dashboard_url(pb_env.url, nats_env.monitor_url)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page(viewport={"width": 1300, "height": 800})
+        await _log_in(page, url, person.email, person.password)
+        await page.locator("#bus.up").wait_for(timeout=15000)
+        for target, home, says in ((twin, other, "status pending"),
+                                   (device, tenant, "status active")):
+            await page.goto(f"{url}#/device/{target['id']}")
+            await page.wait_for_function(
+                f"document.getElementById('tenant').value === '{home['id']}'", timeout=15000)
+            await page.locator("#bus.up").wait_for(timeout=15000)
+            await page.get_by_text(says).first.wait_for(timeout=15000)
+        # control: the device of the chosen tenant shows its own commands' buttons
+        assert await page.get_by_role("button", name="Ping").count() == 1
+        await browser.close()
 
 
 GOOD_RULE = """subject: agents.*.telemetry.system
