@@ -124,7 +124,14 @@ class CommandDispatcher:
                 if not row.get("status"):  # PocketBase has no defaults: say it in the UI
                     await self.writer.update("commands", row["id"], {"status": "queued"})
                 return "queued"
-            self.offline.discard(device["id"])
+            if device["id"] in self.offline:
+                # an earlier row of this device found nobody (its agent's heartbeat can come
+                # before its command subscription answers) and stays queued: go through the
+                # queue again in creation order, this row included, instead of overtaking
+                # it and leaving it behind with nothing left to wake it
+                self.offline.discard(device["id"])
+                await self.drain_queue(device["id"])
+                return "requeued"
             if not await self._claim(row, code):
                 return "claimed elsewhere"
             return await self._send(nc, row, code, payload)

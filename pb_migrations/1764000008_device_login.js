@@ -41,8 +41,8 @@ migrate((app) => {
 
   app.db().newQuery(
     "UPDATE devices SET login = COALESCE((SELECT slug FROM tenants " +
-    "WHERE tenants.id = devices.tenant), '') || '/' || code, bare_code_login = TRUE")
-    .execute();
+    "WHERE tenants.id = devices.tenant), '') || '/' || code, bare_code_login = (code IN " +
+    "(SELECT code FROM devices GROUP BY code HAVING COUNT(*) = 1))").execute();
 
   devices = app.findCollectionByNameOrId("devices");
   devices.indexes = devices.indexes.filter((i) => i !== OLD_CODE_INDEX).concat(NEW_INDEXES);

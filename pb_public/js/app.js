@@ -47,7 +47,10 @@ function loginView(message) {
   });
 }
 
+let choosing = 0;  // the latest choice: a slower connect of an earlier one is dropped
+
 async function chooseTenant(id) {
+  const mine = ++choosing;
   state.membership = state.memberships.find((m) => m.tenant === id) || state.memberships[0];
   localStorage.setItem("cairn.dashboard.tenant", state.membership.tenant);
   if (state.nc) { state.nc.close().catch(() => {}); state.nc = null; }
@@ -56,7 +59,10 @@ async function chooseTenant(id) {
   state.alertsLoaded = false;
   setBus("NATS: connecting…", false);
   try {
-    const bus = await connectBus(pb, state.membership, setBus);
+    // an earlier choice's connection may still report (e.g. "closed"): only ours is shown
+    const report = (text, up) => { if (mine === choosing) setBus(text, up); };
+    const bus = await connectBus(pb, state.membership, report);
+    if (mine !== choosing) { bus.nc.close().catch(() => {}); return; }
     state.nc = bus.nc;
     state.role = bus.role;
     state.nc.subscribe("agents.*.telemetry.system", {
@@ -88,6 +94,7 @@ async function chooseTenant(id) {
       },
     });
   } catch (err) {
+    if (mine !== choosing) return;
     setBus("NATS: no access", false);
     showError(err);
   }
