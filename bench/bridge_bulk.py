@@ -45,11 +45,12 @@ async def seed_devices(stack: BenchStack, admin: PocketBase, tenant_id: str, pre
     pw_hash = db.execute("select password from devices where id = ?", (model["id"],)).fetchone()[0]
     now = time.strftime("%Y-%m-%d %H:%M:%S.000Z", time.gmtime())
     ids = [f"b{secrets.token_hex(7)}" for _ in range(n)]
+    slug = model["login"].split("/")[0]  # a device logs in as <tenant slug>/<code>
     db.executemany(
-        "insert into devices (id, code, tenant, password, tokenKey, status, created, updated)"
-        " values (?, ?, ?, ?, ?, 'pending', ?, ?)",
-        [(rid, f"{prefix}-{i:05d}", tenant_id, pw_hash, secrets.token_urlsafe(36), now, now)
-         for i, rid in enumerate(ids)])
+        "insert into devices (id, code, login, tenant, password, tokenKey, status, created,"
+        " updated) values (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+        [(rid, f"{prefix}-{i:05d}", f"{slug}/{prefix}-{i:05d}", tenant_id, pw_hash,
+          secrets.token_urlsafe(36), now, now) for i, rid in enumerate(ids)])
     db.execute("delete from devices where id = ?", (model["id"],))
     db.commit()
     db.close()
