@@ -49,8 +49,8 @@ def test_device_password_guessing_is_throttled(limited_pb, admin):
     tenant = make_tenant(admin)
     record, password = make_device_record(admin, tenant["id"])
     # positive control: the real device logs in on its first try
-    assert login(url, "devices", record["code"], password).status_code == 200
-    codes = _guess(url, "devices", record["code"])
+    assert login(url, "devices", record["login"], password).status_code == 200
+    codes = _guess(url, "devices", record["login"])
     assert codes.count(400) <= 10, codes
     assert 429 in codes, "60 wrong passwords in a row were never throttled"
     # the throttle is per collection: a person's login is still answered meanwhile
