@@ -33,8 +33,9 @@ async def test_a_new_tenants_router_fires_after_the_full_pass(
             return all(any(json.loads(m.data).get("n") == n for m in got) for got in heard)
 
         await eventually(lambda: fires(1), 20, "both tenants' rules fire")  # control
-        summary = await bridge.bridge.reconcile()
-        assert summary.counts.get("ledger.revoked", 0) == 0, summary.line()
+        await bridge.bridge.reconcile()
+        # (the pass may revoke orphans other tests of this shared bridge left behind: what
+        # matters is that the routers' own keys stay, checked by what follows)
         await eventually(lambda: fires(2), 20, "both still fire after the full pass")
         assert [await _issued(admin, t) for t in tenants] == before, "nothing re-issued"
         for tenant in tenants:
