@@ -35,7 +35,7 @@ class EnrollRequest:
     nats_urls: tuple[str, ...]  # every node of the cluster; an entry may be "a,b,c"
     secret: str
     timeout: float = 60.0
-    tenant: str = ""  # the tenant's slug (needed when another tenant has the same code)
+    tenant: str = ""  # the tenant's slug: needed by every device made since 1764000008
 
     @property
     def login(self) -> str:
