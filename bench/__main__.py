@@ -23,6 +23,7 @@ from bench import (
     people_bench,
     revocation_walk,
     router_bench,
+    sidecar_rollout,
     soak,
 )
 
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "failover": lambda: bridge_failover.report(asyncio.run(bridge_failover.run())),
     "people": lambda: people_bench.report(asyncio.run(people_bench.run())),
     "history": lambda: history_bench.report(asyncio.run(history_bench.run())),
+    "sidecar-rollout": lambda: sidecar_rollout.report(asyncio.run(sidecar_rollout.run())),
     # not in the default run: a browser and 10,000 device rows (~2 minutes)
     "dashboard": lambda: dashboard_bench.report(asyncio.run(dashboard_bench.run())),
     # not in the default run: 10,000 connections (~3 minutes)

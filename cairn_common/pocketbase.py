@@ -61,6 +61,9 @@ class RealtimeEvent:
         return self.topic.split("/", 1)[0]
 
 
+HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
+
 class PocketBase:
     """Superuser or record auth; a 401 re-authenticates once with the same credentials."""
 
@@ -68,7 +71,10 @@ class PocketBase:
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # keep as many idle connections as may be busy at once: with httpx's default of 20,
+        # a burst of concurrent requests (the bridge runs up to ~100) closes and reopens a
+        # TCP connection for most of them
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=HTTP_LIMITS)
         self.token = ""
         self._login: tuple[str, str, str] | None = None
         self.audit_key = ""  # sent with audit_log writes (cairn_common/audit_key.py)

@@ -65,11 +65,15 @@ onRecordCreate((e) => {
 }, "devices");
 
 onRecordUpdate((e) => {
-  const check = require(`${__hooks}/lib/record_checks.js`);
-  e.record.set("login", check.deviceLogin(e.app, e.record));
   const before = e.record.original();
   const same = before.getString("code") === e.record.getString("code") &&
     before.getString("tenant") === e.record.getString("tenant");
+  // the slug lookup only when the login could change: a tenant's slug is frozen while it
+  // has devices, and this runs on every write (the bridge's status, key and JWT writes)
+  if (!same || before.getString("login") !== e.record.getString("login")) {
+    const check = require(`${__hooks}/lib/record_checks.js`);
+    e.record.set("login", check.deviceLogin(e.app, e.record));
+  }
   e.record.set("bare_code_login", same && before.getBool("bare_code_login"));
   e.next();
 }, "devices");

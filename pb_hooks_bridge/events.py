@@ -29,7 +29,7 @@ from pb_hooks_bridge.device_requests import DeviceRequests
 from pb_hooks_bridge.dispatch import CommandDispatcher
 from pb_hooks_bridge.errors import BridgeError
 from pb_hooks_bridge.identities import Identities
-from pb_hooks_bridge.lanes import Lanes
+from pb_hooks_bridge.lanes import ROLLOUT, Lanes
 from pb_hooks_bridge.people import People
 from pb_hooks_bridge.permissions import RoleError, validate_role
 from pb_hooks_bridge.presence import Presence
@@ -255,7 +255,7 @@ class EventRouter:
             return  # nothing the JWTs depend on changed
         for account in [a for a in self.tenants.accounts.by_tenant.values() if a.active]:
             self.lanes.submit(f"tenants:{account.tenant_id}",
-                              lambda a=account: self._ensure_users(a))
+                              lambda a=account: self._ensure_user(a, name), pool=ROLLOUT)
 
     async def _sweep_sidecar(self, account: Account, name: str) -> None:
         if self.identities.sidecars.role_of(name) is not None:
@@ -273,9 +273,9 @@ class EventRouter:
             if exc.status != 404:
                 raise
 
-    async def _ensure_users(self, account: Account) -> None:
+    async def _ensure_user(self, account: Account, name: str) -> None:
         if account.active:  # (in the tenant's lane: a deactivation before us is seen)
-            await self.tenants.ensure_service_users(account)
+            await self.tenants.ensure_service_users(account, only=name)
 
     async def role(self, record: dict[str, Any], deleted: bool) -> None:
         before = self.roles.remove(record["id"])

@@ -11,6 +11,9 @@ may overlap, up to a limit per pool, which is what makes bulk enrollment fast. P
   tenant): one tenant's hung commands never hold another tenant's back.
 - `requests`: devices' renewals and config fetches; a burst of them (every agent
   reconnecting after a NATS restart) never takes a slot from a revocation.
+- `rollout`: one change fanned out to every tenant (a sidecar's new key). Hundreds of
+  tenants' jobs at once would hold every identity slot for seconds; in a small pool of
+  their own they leave those slots to new tenants, devices and revocations.
 
 A key's lock is taken before any slot, so work queued behind one busy record holds no slot.
 Work that must run inside another record's lane while it holds a slot (a tenant issuing
@@ -39,6 +42,7 @@ Work = Callable[[], Awaitable[T]]
 IDENTITY = "identity"
 COMMANDS = "commands"
 REQUESTS = "requests"  # what devices ask over NATS (device_requests.py)
+ROLLOUT = "rollout"  # one change for every tenant (events.py: a sidecar's key)
 
 
 @dataclass(frozen=True)

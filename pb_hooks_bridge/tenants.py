@@ -176,13 +176,22 @@ class Tenants:
                                                 public_key):
             self.audit.record("stream.deleted", None, f"streams/{name}", details)
 
-    async def ensure_service_users(self, account: Account) -> None:
+    async def ensure_service_users(self, account: Account, only: str = "") -> None:
         """The bridge's own user, and one per registered sidecar (e.g. the router), each
-        issued in its row's lane from a copy read there (exactly one key per user)."""
-        rows = await self.pb.list("nats_users", filter=f'tenant = "{account.tenant_id}"')
-        by_name = {row["name"]: row for row in rows}
+        issued in its row's lane from a copy read there (exactly one key per user).
+        `only`: just that sidecar's user (its key changed), so that one sidecar's change
+        costs one row per tenant, not every service user of every tenant."""
+        scope = f'tenant = "{account.tenant_id}"'
         sidecars = self.identities.sidecars
-        names = [BRIDGE_USER] + [n for n in sidecars.names() if sidecars.key_of(n)]
+        if only:
+            names = [only] if sidecars.key_of(only) else []
+            scope += f' && name = "{only}"'
+        else:
+            names = [BRIDGE_USER] + [n for n in sidecars.names() if sidecars.key_of(n)]
+        if not names:
+            return
+        rows = await self.pb.list("nats_users", filter=scope)
+        by_name = {row["name"]: row for row in rows}
         for name in names:
             row = by_name.get(name)
             if row is None:

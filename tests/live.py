@@ -59,6 +59,13 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# A sidecar's key reaches every tenant of the shared test bridge in turn (about 35 ms a
+# tenant, `python -m bench sidecar-rollout`), and late in the suite there are hundreds of
+# tenants; a tenant created meanwhile waits behind that rollout too (up to ~10 s measured).
+ROLLOUT_WAIT = 60.0
+ACCOUNT_WAIT = 30.0
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0,
                      what: str = "condition") -> Any:
     """Poll an async check until it returns something truthy."""
@@ -146,7 +153,7 @@ async def account_ready(admin: PocketBase, tenant: dict[str, Any]) -> dict[str, 
     async def check() -> dict[str, Any] | None:
         row = await admin.get("tenants", tenant["id"])
         return row if row.get("nats_account_public_key") else None
-    return await eventually(check, 10, f"account for {tenant['slug']}")
+    return await eventually(check, ACCOUNT_WAIT, f"account for {tenant['slug']}")
 
 
 @dataclass

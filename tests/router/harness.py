@@ -16,13 +16,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 from cairn_common.pocketbase import PocketBase
 from rule_router.app import Router
 from rule_router.identity import RouterIdentity
-from tests.live import account_ready, connect, eventually, new_tenant, uid
+from tests.live import ROLLOUT_WAIT, account_ready, connect, eventually, new_tenant, uid
 
 
 async def service_creds(admin: PocketBase, tenant: dict[str, Any],
                         name: str = "cairn-bridge") -> dict[str, Any]:
     return await eventually(lambda: admin.first(
-        "nats_users", f'tenant = "{tenant["id"]}" && name = "{name}" && jwt != ""'), 10)
+        "nats_users", f'tenant = "{tenant["id"]}" && name = "{name}" && jwt != ""'),
+        ROLLOUT_WAIT, f"{name}'s JWT in {tenant['slug']}")
 
 
 async def start_router(pb_env: Any, nats_env: Any, admin: PocketBase,

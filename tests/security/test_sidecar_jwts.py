@@ -11,7 +11,7 @@ import pytest
 
 from cairn_common import natsjwt, nkey
 from cairn_common.natsauth import service_inbox
-from tests.live import account_ready, connect, eventually, new_tenant, uid
+from tests.live import ROLLOUT_WAIT, account_ready, connect, eventually, new_tenant, uid
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ async def test_sidecar_key_gets_a_router_jwt_in_every_tenant(sidecar, admin, nat
     b = await account_ready(admin, await new_tenant(admin))  # a tenant created afterwards
     name = sidecar["name"]
     for tenant in (a, b):
-        row = await eventually(lambda t=tenant: _issued(admin, t, name, key), 10)
+        row = await eventually(lambda t=tenant: _issued(admin, t, name, key), ROLLOUT_WAIT)
         assert row["seed"] == "" and row["creds"] == ""  # the seed never left the sidecar
         claims = natsjwt.decode(row["jwt"])["nats"]
         assert "alerts.>" in claims["pub"]["allow"] and ">" not in claims["pub"]["allow"]
@@ -74,7 +74,7 @@ async def test_replaced_sidecar_key_is_revoked(sidecar, admin, nats_env):
     old = nkey.create("user")
     await admin.update("sidecars", sidecar["id"], {"nats_public_key": old.public_key.decode()})
     row = await eventually(
-        lambda: _issued(admin, tenant, sidecar["name"], old.public_key.decode()), 10)
+        lambda: _issued(admin, tenant, sidecar["name"], old.public_key.decode()), ROLLOUT_WAIT)
     closed = asyncio.Event()
 
     async def on_closed():
@@ -84,7 +84,7 @@ async def test_replaced_sidecar_key_is_revoked(sidecar, admin, nats_env):
     new = nkey.create("user")
     await admin.update("sidecars", sidecar["id"], {"nats_public_key": new.public_key.decode()})
     fresh = await eventually(
-        lambda: _issued(admin, tenant, sidecar["name"], new.public_key.decode()), 10)
+        lambda: _issued(admin, tenant, sidecar["name"], new.public_key.decode()), ROLLOUT_WAIT)
     await asyncio.wait_for(closed.wait(), 5)  # the old key's connection was cut
     assert nc.is_closed
     nc2 = await connect(nats_env.url, fresh["jwt"], new.seed.decode())  # the new one works
@@ -134,7 +134,8 @@ async def test_a_pass_listed_before_a_sidecar_delete_does_not_bring_it_back(
     tenant = await account_ready(admin, await new_tenant(admin))
     key = nkey.create("user").public_key.decode()
     await admin.update("sidecars", sidecar["id"], {"nats_public_key": key})
-    await eventually(lambda: _issued(admin, tenant, sidecar["name"], key), 10)  # control
+    await eventually(lambda: _issued(admin, tenant, sidecar["name"], key),  # control
+                     ROLLOUT_WAIT)
     b = bridge.bridge
     pb, real_list = b.reconciler.pb, b.reconciler.pb.list
 

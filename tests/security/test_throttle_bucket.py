@@ -16,7 +16,16 @@ import pytest
 from cairn_common import creds
 from cairn_common.natsauth import device_inbox, service_inbox
 from rule_router.shared_throttle import BUCKET, EXPECTED_LAST, PREFIX, STREAM, TTL_HEADER
-from tests.live import account_ready, connect, enroll, eventually, new_device, new_tenant, uid
+from tests.live import (
+    ROLLOUT_WAIT,
+    account_ready,
+    connect,
+    enroll,
+    eventually,
+    new_device,
+    new_tenant,
+    uid,
+)
 from tests.router.harness import service_creds
 
 pytestmark = pytest.mark.timeout(90)
@@ -32,7 +41,7 @@ async def tenant(bridge, admin):
 async def _router(admin, nats_env, tenant, identity, errors: list[Exception]) -> nats.NATS:
     async def issued() -> tuple[str, str] | None:
         return identity.creds_for(await service_creds(admin, tenant, identity.name))
-    jwt, seed = await eventually(issued, 10, "the router's JWT in the tenant")
+    jwt, seed = await eventually(issued, ROLLOUT_WAIT, "the router's JWT in the tenant")
     return await connect(nats_env.url, jwt, seed, errors,
                          inbox_prefix=service_inbox(identity.name))
 
