@@ -8,7 +8,6 @@ and only within the bounds below (SPEC §11 "Quotas").
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from fnmatch import fnmatchcase
@@ -18,14 +17,14 @@ from typing import Any, get_type_hints
 import yaml
 
 from agent.errors import ConfigError
+from cairn_common.durations import DAY, MINUTE, DurationError, human, parse_seconds
 from cairn_common.nats_urls import NatsUrlError, parse_nats_urls
 
 _INTERNAL = frozenset({"base_dir", "local_exporters"})  # not keys of the file
 CODE_PATTERN = re.compile(r"^[a-z0-9-]{3,64}$")
+CODE_RULE = "must match [a-z0-9-]{3,64}"
 SLUG_PATTERN = re.compile(r"^[a-z0-9-]{1,63}$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+SLUG_RULE = "must be a tenant slug ([a-z0-9-], at most 63)"
 
 
 @dataclass(frozen=True)
@@ -241,29 +240,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 def duration(value: Any, key: str, source: str) -> float:
-    """A duration: a number of seconds, or a string such as "90s", "5m", "24h"."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{source}: {key} must be a duration, got {_kind(value)}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        raise ConfigError(f"{source}: {key} must be a duration like 60, \"90s\", \"5m\", "
-                          f"got {value!r}")
-    if not math.isfinite(seconds):
-        raise ConfigError(f"{source}: {key} must be a finite duration, got {value!r}")
-    if seconds <= 0:
-        raise ConfigError(f"{source}: {key} must be greater than zero")
-    return seconds
-
-
-def human(seconds: float) -> str:
-    """A duration for messages: "0.01 s", "60 s", "10 m", "24 h", "7 d"."""
-    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
-        if seconds >= 2 * size and seconds % size == 0:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
+    """A duration in the grammar every Cairn file shares (cairn_common.durations)."""
+    try:
+        return parse_seconds(value)
+    except DurationError as exc:
+        raise ConfigError(f"{source}: {key} {exc}") from None
 
 
 PING_MIN, PING_MAX = 0.5, 600.0  # seconds, nats.ping_interval
@@ -274,11 +255,10 @@ def _check(config: AgentConfig, source: str) -> None:
     if not code:
         raise ConfigError(f"{source}: device.code is required")
     if not CODE_PATTERN.match(code):
-        raise ConfigError(f"{source}: device.code {code!r} must match [a-z0-9-]{{3,64}}")
+        raise ConfigError(f"{source}: device.code {code!r} {CODE_RULE}")
     tenant = config.device.tenant
     if tenant and not SLUG_PATTERN.match(tenant):
-        raise ConfigError(f"{source}: device.tenant {tenant!r} must be a tenant slug "
-                          "([a-z0-9-], at most 63)")
+        raise ConfigError(f"{source}: device.tenant {tenant!r} {SLUG_RULE}")
     if not config.nats.urls:
         raise ConfigError(f"{source}: nats.urls must list at least one server")
     if not PING_MIN <= config.nats.ping_interval <= PING_MAX:

@@ -19,6 +19,7 @@ from typing import Any
 
 from agent import config as config_mod
 from agent.errors import ConfigError
+from cairn_common.durations import human
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ def _interval_problem(name: str, value: Any) -> str | None:
         seconds = config_mod.duration(value, key, SOURCE)
     except ConfigError as exc:
         return str(exc)
-    human = config_mod.human
     if seconds < bound.desired_min:
         return (f"{SOURCE}: {key} {human(seconds)} is below the minimum of "
                 f"{human(bound.desired_min)}")

@@ -70,10 +70,9 @@ def default_nats_urls(server: str) -> tuple[str, ...]:
 async def enroll(req: EnrollRequest) -> Path:
     """Returns the path of agent.yaml."""
     if not config_mod.CODE_PATTERN.match(req.code):
-        raise EnrollmentError(f"device code {req.code!r} must match [a-z0-9-]{{3,64}}")
+        raise EnrollmentError(f"device code {req.code!r} {config_mod.CODE_RULE}")
     if req.tenant and not config_mod.SLUG_PATTERN.match(req.tenant):
-        raise EnrollmentError(f"--tenant {req.tenant!r} must be a tenant slug "
-                              "([a-z0-9-], at most 63)")
+        raise EnrollmentError(f"--tenant {req.tenant!r} {config_mod.SLUG_RULE}")
     parsed = urlparse(req.server)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise EnrollmentError(f"--server {req.server!r} must be an http(s) URL")

@@ -7,17 +7,15 @@ value. Aliases/anchors are refused (they would let a small row expand into a hug
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from cairn_common.durations import DurationError, parse_seconds
 from rule_router.errors import RuleError
 
 _STR_TAG = "tag:yaml.org,2002:str"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def compose(text: str) -> Node:
@@ -112,21 +110,11 @@ def number(node: Node, what: str, minimum: float = 0.0, integer: bool = False) -
 
 
 def duration(node: Node, what: str) -> float:
-    """Seconds from `30`, `1.5`, `"30s"`, `"5m"`, `"1h30m"`, `"500ms"`, `"1d"`; > 0."""
-    value = scalar(node, what)
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif re.fullmatch(f"(?:{_DURATION.pattern})+", text):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
-    if seconds is None or not seconds > 0 or seconds == float("inf"):
-        raise RuleError(f"{what} must be a positive duration like 30s, 5m, 1h or seconds "
-                        f"(got {value!r})", line(node))
-    return seconds
+    """A duration in the grammar every Cairn file shares (cairn_common.durations)."""
+    try:
+        return parse_seconds(scalar(node, what))
+    except DurationError as exc:
+        raise RuleError(f"{what} {exc}", line(node)) from None
 
 
 def template_line(node: Node, text: str, offset: int) -> int:

@@ -33,7 +33,7 @@ def test_example_config_loads_through_the_real_loader():
         ("device: {code: ok-1}\nbogus: 1\n", "unknown key 'bogus'"),
         ("device: {code: ok-1}\nnats: {urlz: []}\n", "unknown key 'nats.urlz'"),
         ("device: {code: ok-1}\ncommands: {timeout: soon}\n", "commands.timeout must be a "
-                                                               "duration"),
+                                                               "positive duration"),
         ("device: {code: ok-1}\ncommands: {max_output_bytes: '1k'}\n",
          "commands.max_output_bytes must be an integer"),
         ("device: {code: ok-1}\nservices: {allowed: nginx}\n", "services.allowed must be a list"),

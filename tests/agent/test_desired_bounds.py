@@ -62,8 +62,9 @@ def test_interval_out_of_bounds_is_refused_and_in_bounds_applies(key, hostile, b
 
 def test_bad_types_and_unknown_interval_keys_are_refused():
     current = _config()
-    for hostile, expected in [({"heartbeat": "never"}, "intervals.heartbeat must be a duration"),
-                              ({"heartbeat": True}, "intervals.heartbeat must be a duration"),
+    refused = "intervals.heartbeat must be a positive duration"
+    for hostile, expected in [({"heartbeat": "never"}, refused),
+                              ({"heartbeat": True}, refused),
                               ({"heartbeat": float("nan")}, "finite duration"),
                               ({"cpu": 5}, "unknown key 'intervals.cpu'")]:
         with pytest.raises(ConfigError, match=expected):
