@@ -73,6 +73,9 @@ class Router:
         self.creds: dict[str, MemoryCredentials] = {}
         self._gone: set[str] = set()  # deleted tenants (their rows' late events are ignored)
         self.stopping = asyncio.Event()
+        # set once a full pass over PocketBase has finished: row events wait in the realtime
+        # queue while a pass starts every tenant, so rows are validated only after it
+        self.synced = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
         self._dirty: set[str] = set()
         self._handling = asyncio.Lock()
@@ -123,8 +126,13 @@ class Router:
             async with limit:
                 await self._ensure_tenant(tenant)
 
+        began = asyncio.get_running_loop().time()
         await asyncio.gather(*(ensure(t) for t in tenants.values()))
         self._changed(EVERY_TENANT)
+        self.synced.set()
+        log.info("full pass done", extra={
+            "tenants_routed": len(self.tenants), "tenants_waiting": len(self._retry),
+            "starts_seconds": round(asyncio.get_running_loop().time() - began, 3)})
 
     def _on_event(self, event: RealtimeEvent) -> None:
         task = asyncio.create_task(self._handle(event))

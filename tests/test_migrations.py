@@ -192,7 +192,7 @@ def test_migration_files_are_ours() -> None:
                           "1764000002_command_dispatch.js", "1764000003_security.js",
                           "1764000004_device_secret_cost.js", "1764000005_router_throttle.js",
                           "1764000006_people.js", "1764000007_command_guards.js",
-                          "1764000008_device_login.js"]
+                          "1764000008_device_login.js", "1764000009_tenant_active_help.js"]
 
 
 def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
@@ -205,6 +205,7 @@ def test_up_on_empty_dir_creates_the_model(layout: DataLayout) -> None:
             "SELECT fields FROM _collections WHERE name = 'tenants'").fetchone()[0])}
     assert fields["name"]["presentable"] is True
     assert "^[a-z0-9-]+$" in fields["slug"]["help"]
+    assert "this form's switch starts off" in fields["active"]["help"]
 
     with serving(layout) as admin:
         resp = admin.get("/api/collections", params={"perPage": 200})
@@ -299,6 +300,13 @@ def test_up_twice_down_each_and_up_again(layout: DataLayout) -> None:
         create(admin, "nats_accounts", tenant=tenant["id"], seed="SA" + "A" * 56)
 
     ours = set(COLLECTION_IDS)
+    # down #-7: the active switch's help as before
+    out = run_pb_command(layout, "migrate", "down", stdin="y\n")
+    assert f"Reverted {MIGRATIONS[9]}" in out
+    with closing(_db(layout)) as db:
+        fields = {f["name"]: f for f in json.loads(db.execute(
+            "SELECT fields FROM _collections WHERE name = 'tenants'").fetchone()[0])}
+    assert fields["active"]["help"].startswith("Off: ")
     # down #-6: one code index for all tenants again, and devices log in by code
     out = run_pb_command(layout, "migrate", "down", stdin="y\n")
     assert f"Reverted {MIGRATIONS[8]}" in out
@@ -375,8 +383,8 @@ def test_existing_devices_get_their_login_and_down_refuses_shared_codes(
     with serving(layout) as admin:  # `serve` applies pending migrations, so rows come first
         tenant = make_tenant(admin)
         old, password = make_device_record(admin, tenant["id"])
-    out = run_pb_command(layout, "migrate", "down", stdin="y\n")  # back before 1764000008
-    assert f"Reverted {MIGRATIONS[8]}" in out
+    out = run_pb_command(layout, "migrate", "down", "2", stdin="y\n")  # back before 1764000008
+    assert f"Reverted {MIGRATIONS[9]}" in out and f"Reverted {MIGRATIONS[8]}" in out
     with closing(_db(layout)) as db:
         columns = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
     assert "login" not in columns and "bare_code_login" not in columns and "code" in columns
@@ -410,7 +418,7 @@ def test_existing_devices_get_their_login_and_down_refuses_shared_codes(
         assert log_in(admin, f"{tenant['slug']}/renamed-1") == old["id"]
         admin.patch(f"/api/collections/devices/records/{old['id']}", json={"code": old["code"]})
     with pytest.raises(ProcessError) as refused:
-        run_pb_command(layout, "migrate", "down", stdin="y\n")
+        run_pb_command(layout, "migrate", "down", "2", stdin="y\n")
     assert f"device codes are shared by tenants ({old['code']})" in str(refused.value)
     assert MIGRATIONS[8] in applied(layout)
 

@@ -36,6 +36,8 @@ async def start_router(pb_env: Any, nats_env: Any, admin: PocketBase,
     await router.start()
     for tenant in tenants:
         await eventually(lambda t=tenant: _routing(router, t["id"]), 30, "router follows")
+    # its rows are validated once its first pass has started every tenant of the session
+    await asyncio.wait_for(router.synced.wait(), ROLLOUT_WAIT)
     return router
 
 

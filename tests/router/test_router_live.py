@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from rule_router.app import Router
-from tests.live import account_ready, connect, eventually, new_tenant, uid
+from tests.live import ROLLOUT_WAIT, account_ready, connect, eventually, new_tenant, uid
 
 OVERVIEW_RULE = """# PocketBase rule
 - match: "cpu_percent > 90"
@@ -46,6 +46,7 @@ async def harness(bridge, router_identity, admin, pb_env, nats_env):
     router = Router(pb_env.url, nats_env.url, router_identity, http=http)
     await router.start()
     await eventually(lambda: _routing(router, tenant["id"]), 10, "router follows the tenant")
+    await asyncio.wait_for(router.synced.wait(), ROLLOUT_WAIT)  # rows validated after it
     svc = await _svc(admin, tenant)
     nc = await connect(nats_env.url, svc["jwt"], svc["seed"], allow_reconnect=True)
     harness = Harness(router, hooks, tenant, nc)
